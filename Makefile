@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv, install pinned dependencies, run `corral start` (demo models, port 8000)
+#   make test   create .venv, install pinned dependencies, run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.corral-installed
+
+.PHONY: install run test test-unit clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing pinned dependencies (torch==2.13.0 CPU wheel, transformers, sentence-transformers, test tools)..."
+	$(BIN)/python -m pip install --progress-bar on -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(BIN)/corral start $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

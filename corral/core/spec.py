@@ -1,0 +1,44 @@
+"""Model specs and server settings: the desired state a user declares.
+
+Plain dataclasses: they cross module boundaries inside the process; the TOML loader
+(``corral.config``) validates and builds them, and engines read only their own
+``options`` mapping through their options schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class ModelKind(str, Enum):
+    LLM = "llm"
+    EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named deployable: what to serve, with which engine, from where, how many copies."""
+
+    name: str
+    kind: ModelKind
+    engine: str
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    models: tuple[ModelSpec, ...] = ()

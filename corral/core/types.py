@@ -1,0 +1,105 @@
+"""Internal request and result types passed between the gateway, router and engines.
+
+Wire formats (OpenAI JSON) are translated to and from these in the protocol front-ends;
+engines never see a wire object, so a new protocol (Anthropic Messages, Ollama) needs no
+engine change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: up to the context limit
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    n: int = 1
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat or text-completion request, already validated.
+
+    Exactly one of ``messages`` (chat: the engine applies its chat template) and
+    ``prompt`` (raw text completion) is set.
+    """
+
+    request_id: str
+    model: str
+    sampling: SamplingParams
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A delta for one choice. The final chunk of a choice carries ``finish_reason``."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class GenerationEnd:
+    """Last item of every generation stream: token accounting for the whole request."""
+
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    request_id: str
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    usage: Usage
+
+
+@dataclass
+class EngineLoad:
+    """What an engine reports about its own work, for balancing and debugging."""
+
+    in_flight: int = 0
+    queued: int = 0
+    cancelled_total: int = 0
+    completed_total: int = 0
+    extra: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,98 @@
+"""The table of known engines: name, what it serves, its options schema, its factory, and
+the optional dependency it needs. Nothing here imports an engine library, so the CLI and
+config validation stay fast and work without torch.
+
+Third-party engines join through the ``corral.engines`` entry-point group: each entry
+point resolves to an ``EngineEntry``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from corral.core.errors import ConfigError, EngineNotInstalled
+from corral.core.spec import ModelKind
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from corral.core.engine import Engine
+    from corral.core.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    name: str
+    kinds: frozenset[ModelKind]
+    serves: tuple[str, ...]  # human words: chat, completion, embedding
+    options: str  # "module:Class" of a pydantic model with extra="forbid"
+    factory: str  # "module:callable" taking (spec, options) and returning an Engine
+    requires: tuple[str, ...]  # importable module names of the optional dependency
+    extra: str  # the pip extra that installs them
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
+
+    def install_hint(self) -> str:
+        return f"pip install 'corral[{self.extra}]'"
+
+    def options_model(self) -> type[BaseModel]:
+        return _load(self.options)
+
+    def create(self, spec: ModelSpec) -> Engine:
+        if not self.installed():
+            raise EngineNotInstalled(
+                f"model {spec.name!r} uses engine {self.name!r}, whose dependencies are not installed: "
+                f"{self.install_hint()}"
+            )
+        options = self.options_model().model_validate(spec.options)
+        return _load(self.factory)(spec, options)
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+BUILTIN: tuple[EngineEntry, ...] = (
+    EngineEntry(
+        name="transformers",
+        kinds=frozenset({ModelKind.LLM}),
+        serves=("chat", "completion"),
+        options="corral.engines.transformers.options:TransformersOptions",
+        factory="corral.engines.transformers.engine:TransformersEngine",
+        requires=("torch", "transformers"),
+        extra="transformers",
+    ),
+    EngineEntry(
+        name="sentence-transformers",
+        kinds=frozenset({ModelKind.EMBEDDING}),
+        serves=("embedding",),
+        options="corral.engines.sentence_transformers.options:SentenceTransformersOptions",
+        factory="corral.engines.sentence_transformers.engine:SentenceTransformersEngine",
+        requires=("torch", "sentence_transformers"),
+        extra="sentence-transformers",
+    ),
+)
+
+
+def all_entries() -> dict[str, EngineEntry]:
+    entries = {e.name: e for e in BUILTIN}
+    for ep in entry_points(group="corral.engines"):
+        entry = ep.load()
+        if isinstance(entry, EngineEntry):
+            entries.setdefault(entry.name, entry)
+    return entries
+
+
+def get_entry(name: str) -> EngineEntry:
+    entries = all_entries()
+    try:
+        return entries[name]
+    except KeyError:
+        known = ", ".join(sorted(entries))
+        raise ConfigError(f"unknown engine {name!r}; known engines: {known}", param="engine") from None

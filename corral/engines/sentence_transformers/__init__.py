@@ -1,0 +1,1 @@
+"""The sentence-transformers engine: embeddings, micro-batching concurrent requests."""

@@ -1,0 +1,1 @@
+"""The transformers engine: chat and text completion with a dynamic (continuous) batcher."""

@@ -1,0 +1,1 @@
+"""The data plane: protocol front-ends, routing, and the one request pipeline."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible front-end: wire requests in, pipeline calls, wire responses out."""

@@ -1,0 +1,77 @@
+"""Rendering pipeline results as OpenAI responses: one collector and one SSE streamer,
+shared by chat and text completions (they differ only in the choice shape)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from corral.core.errors import CorralError, EngineError
+from corral.core.types import GenerationChunk, GenerationEnd, Usage
+from corral.gateway.errors import error_event
+from corral.protocol.openai import responses
+from corral.protocol.openai.responses import SSE_DONE, sse
+
+log = logging.getLogger(__name__)
+
+Stream = AsyncIterator[GenerationChunk | GenerationEnd]
+
+
+async def collect(stream: Stream, n: int) -> tuple[list[tuple[str, str | None]], Usage]:
+    texts: list[list[str]] = [[] for _ in range(n)]
+    finish: list[str | None] = [None] * n
+    usage = Usage(0, 0)
+    async for item in stream:
+        if isinstance(item, GenerationEnd):
+            usage = item.usage
+            continue
+        texts[item.index].append(item.text)
+        if item.finish_reason is not None:
+            finish[item.index] = item.finish_reason.value
+    return [("".join(t), f) for t, f in zip(texts, finish)], usage
+
+
+ChoiceDelta = Callable[[int, str, str | None, bool], dict[str, Any]]
+
+
+def chat_choice(index: int, text: str, finish: str | None, first: bool) -> dict[str, Any]:
+    return responses.chat_delta(index, text, finish, first)
+
+
+def text_choice(index: int, text: str, finish: str | None, first: bool) -> dict[str, Any]:
+    return responses.text_delta(index, text, finish)
+
+
+async def sse_stream(
+    stream: Stream, *, id_: str, model: str, obj: str, choice: ChoiceDelta, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    base: dict[str, Any] = {"id": id_, "object": obj, "created": created, "model": model, "system_fingerprint": None}
+    if include_usage:
+        base["usage"] = None
+    started: set[int] = set()
+    try:
+        async for item in stream:
+            if isinstance(item, GenerationEnd):
+                if include_usage:
+                    u = item.usage
+                    yield sse(
+                        {**base, "choices": [], "usage": responses.usage_dict(u.prompt_tokens, u.completion_tokens)}
+                    )
+                continue
+            first = item.index not in started
+            if first:
+                started.add(item.index)
+            finish = item.finish_reason.value if item.finish_reason is not None else None
+            if not item.text and not first and finish is None:
+                continue
+            yield sse({**base, "choices": [choice(item.index, item.text, finish, first)]})
+    except CorralError as exc:
+        # headers are gone already: the client learns of the failure in the stream
+        yield sse(error_event(exc))
+    except Exception as exc:  # never leave a client waiting on a half stream
+        log.exception("stream %s failed", id_)
+        yield sse(error_event(EngineError(f"stream failed: {type(exc).__name__}")))
+    yield SSE_DONE

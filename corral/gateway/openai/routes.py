@@ -1,0 +1,112 @@
+"""HTTP handlers of the OpenAI-compatible API (/v1/...)."""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from corral.core.registry import InstanceState
+from corral.gateway.body import read_body
+from corral.gateway.errors import from_validation, json_response
+from corral.gateway.openai import render, translate
+from corral.gateway.pipeline import Pipeline
+from corral.gateway.router import Router
+from corral.protocol.openai import responses
+from corral.protocol.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class OpenAIRoutes:
+    def __init__(self, pipeline: Pipeline, router: Router, max_body_bytes: int) -> None:
+        self._pipeline = pipeline
+        self._router = router
+        self._max_body = max_body_bytes
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+        ]
+
+    async def _parse(self, request: Request, model: type[M]) -> M:
+        body = await read_body(request, self._max_body)
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise from_validation(exc) from None
+
+    def _model_entries(self) -> list[tuple[str, int]]:
+        out = []
+        for name, records in self._router.models().items():
+            if any(r.state is not InstanceState.FAILED for r in records):
+                out.append((name, int(min(r.started_at for r in records))))
+        return sorted(out)
+
+    async def list_models(self, request: Request) -> Response:
+        return json_response(200, responses.models_list(self._model_entries()))
+
+    async def get_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        for entry in self._model_entries():
+            if entry[0] == name:
+                return json_response(200, responses.models_list([entry])["data"][0])
+        from corral.core.errors import ModelNotFound
+
+        raise ModelNotFound(f"the model {name!r} does not exist", param="model")
+
+    async def chat(self, request: Request) -> Response:
+        req = await self._parse(request, ChatCompletionRequest)
+        rid = request.scope["state"]["request_id"]
+        call = await self._pipeline.generate(translate.chat(req, rid), "chat")
+        id_ = f"chatcmpl-{rid}"
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            body = render.sse_stream(
+                aiter(call), id_=id_, model=req.model, obj="chat.completion.chunk", choice=render.chat_choice,
+                include_usage=include_usage,
+            )
+            return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+        choices, usage = await render.collect(aiter(call), req.n)
+        body_dict = responses.chat_completion(
+            id_, int(time.time()), req.model, choices, responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
+        )
+        return json_response(200, body_dict)
+
+    async def completions(self, request: Request) -> Response:
+        req = await self._parse(request, CompletionRequest)
+        rid = request.scope["state"]["request_id"]
+        gen_requests = translate.completions(req, rid)
+        if len(gen_requests) == 1:
+            stream = aiter(await self._pipeline.generate(gen_requests[0], "completion"))
+        else:
+            stream = await self._pipeline.generate_many(gen_requests, "completion")
+        id_ = f"cmpl-{rid}"
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            body = render.sse_stream(
+                stream, id_=id_, model=req.model, obj="text_completion", choice=render.text_choice,
+                include_usage=include_usage,
+            )
+            return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+        choices, usage = await render.collect(stream, req.n * len(gen_requests))
+        body_dict = responses.text_completion(
+            id_, int(time.time()), req.model, choices, responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
+        )
+        return json_response(200, body_dict)
+
+    async def embeddings(self, request: Request) -> Response:
+        req = await self._parse(request, EmbeddingsRequest)
+        rid = request.scope["state"]["request_id"]
+        result = await self._pipeline.embed(translate.embeddings(req, rid))
+        return json_response(200, responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens))

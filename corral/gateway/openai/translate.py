@@ -1,0 +1,100 @@
+"""OpenAI request models -> Corral's internal request types.
+
+Parameters no engine of this build can honour are refused here with a 400 naming the
+field, rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from corral.core.errors import InvalidRequest
+from corral.core.types import ChatMessage, EmbeddingRequest, GenerationRequest, SamplingParams
+from corral.protocol.openai.requests import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    CompletionRequest,
+    EmbeddingsRequest,
+    SamplingFields,
+    TextPart,
+)
+
+
+def _refuse(param: str, what: str) -> InvalidRequest:
+    return InvalidRequest(f"{what} is not supported by this server's engines", param=param, code="unsupported_parameter")
+
+
+def _sampling(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
+    if req.logit_bias:
+        raise _refuse("logit_bias", "logit_bias")
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        stop=stop,
+        seed=req.seed,
+        n=req.n,
+        ignore_eos=req.ignore_eos,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+    )
+
+
+def _message(i: int, msg: ChatMessageIn) -> ChatMessage:
+    if msg.role == "tool" or msg.tool_calls:
+        raise _refuse(f"messages[{i}]", "tool calling")
+    if isinstance(msg.content, list):
+        parts = []
+        for j, part in enumerate(msg.content):
+            if not isinstance(part, TextPart):
+                raise _refuse(f"messages[{i}].content[{j}]", f"content of type {part.type!r}")
+            parts.append(part.text)
+        content = "".join(parts)
+    else:
+        content = msg.content or ""
+    role = "system" if msg.role == "developer" else msg.role
+    return ChatMessage(role=role, content=content, name=msg.name)
+
+
+def chat(req: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+    if req.tools:
+        raise _refuse("tools", "tool calling")
+    if req.response_format and req.response_format.get("type") not in (None, "text"):
+        raise _refuse("response_format", f"response_format {req.response_format.get('type')!r}")
+    if req.logprobs:
+        raise _refuse("logprobs", "logprobs")
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    return GenerationRequest(
+        request_id=request_id,
+        model=req.model,
+        sampling=_sampling(req, max_tokens),
+        messages=tuple(_message(i, m) for i, m in enumerate(req.messages)),
+    )
+
+
+def completions(req: CompletionRequest, request_id: str) -> list[GenerationRequest]:
+    if req.logprobs is not None:
+        raise _refuse("logprobs", "logprobs")
+    if req.suffix:
+        raise _refuse("suffix", "suffix (fill-in-the-middle)")
+    if req.best_of not in (None, 1):
+        raise _refuse("best_of", "best_of")
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    sampling = _sampling(req, req.max_tokens)
+    return [
+        GenerationRequest(
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
+            model=req.model,
+            sampling=sampling,
+            prompt=prompt,
+            echo=req.echo,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def embeddings(req: EmbeddingsRequest, request_id: str) -> EmbeddingRequest:
+    inputs = (req.input,) if isinstance(req.input, str) else tuple(req.input)
+    for i, text in enumerate(inputs):
+        if not text:
+            raise InvalidRequest("input must not contain empty strings", param=f"input[{i}]" if len(inputs) > 1 else "input")
+    return EmbeddingRequest(request_id=request_id, model=req.model, inputs=inputs, dimensions=req.dimensions)

@@ -1,0 +1,149 @@
+"""The one request pipeline: route -> call -> stream -> account.
+
+Every protocol front-end goes through here, so balancing, in-flight accounting and
+cancellation are written once. Front-ends only translate wire formats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from corral.core.engine import Embedding, TextGeneration
+from corral.core.errors import CorralError, EngineError
+from corral.core.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationEnd, GenerationRequest, Usage
+from corral.gateway.router import Router, Target
+
+log = logging.getLogger("corral.requests")
+
+
+@dataclass(eq=False)
+class Call:
+    """A generation in progress on one target. Iterate it once; closing it early cancels
+    the engine's work."""
+
+    target: Target
+    stream: AsyncIterator[GenerationChunk | GenerationEnd]
+    request: GenerationRequest
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    usage: Usage | None = None
+    _closed: bool = False
+
+    async def __aiter__(self) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        outcome = "cancelled"
+        try:
+            async for item in self.stream:
+                if self.first_token_at is None and isinstance(item, GenerationChunk):
+                    self.first_token_at = time.perf_counter()
+                if isinstance(item, GenerationEnd):
+                    self.usage = item.usage
+                yield item
+            outcome = "ok"
+        except CorralError:
+            outcome = "error"
+            raise
+        except Exception as exc:  # an engine bug must reach the client as an error, not a hang
+            outcome = "error"
+            log.exception("engine failure in request %s", self.request.request_id)
+            raise EngineError(f"model {self.request.model!r} failed: {type(exc).__name__}") from exc
+        finally:
+            await self.close(outcome)
+
+    async def close(self, outcome: str = "cancelled") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.target.in_flight -= 1
+        aclose = getattr(self.stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if log.isEnabledFor(logging.INFO):
+            ttft = (self.first_token_at - self.started) * 1000 if self.first_token_at else float("nan")
+            log.info(
+                "request=%s model=%s instance=%s outcome=%s latency_ms=%.1f ttft_ms=%.1f prompt_tokens=%s completion_tokens=%s",
+                self.request.request_id,
+                self.request.model,
+                self.target.record.instance_id,
+                outcome,
+                (time.perf_counter() - self.started) * 1000,
+                ttft,
+                self.usage.prompt_tokens if self.usage else "-",
+                self.usage.completion_tokens if self.usage else "-",
+            )
+
+
+class Pipeline:
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def generate(self, request: GenerationRequest, capability: str) -> Call:
+        target = self._router.pick(request.model, capability)
+        client = target.client
+        assert isinstance(client, TextGeneration)
+        target.in_flight += 1
+        try:
+            stream = await client.generate(request)
+        except BaseException:
+            target.in_flight -= 1
+            raise
+        return Call(target, stream, request)
+
+    async def generate_many(self, requests: list[GenerationRequest], capability: str) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        """Several prompts of one API call (``prompt`` as a list): choices are numbered
+        prompt by prompt, usage is summed, and all run concurrently."""
+        calls: list[Call] = []
+        try:
+            for req in requests:
+                calls.append(await self.generate(req, capability))
+        except BaseException:
+            for call in calls:
+                await call.close()
+            raise
+        n = requests[0].sampling.n
+        return _merge(calls, n)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        target = self._router.pick(request.model, "embedding")
+        client = target.client
+        assert isinstance(client, Embedding)
+        target.in_flight += 1
+        try:
+            return await client.embed(request)
+        finally:
+            target.in_flight -= 1
+
+
+async def _merge(calls: list[Call], n: int) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+    queue: asyncio.Queue[tuple[int, GenerationChunk | GenerationEnd | BaseException]] = asyncio.Queue()
+
+    async def pump(i: int, call: Call) -> None:
+        try:
+            async for item in call:
+                await queue.put((i, item))
+        except BaseException as exc:
+            await queue.put((i, exc))
+
+    tasks = [asyncio.create_task(pump(i, c)) for i, c in enumerate(calls)]
+    prompt = completion = 0
+    open_calls = len(calls)
+    try:
+        while open_calls:
+            i, item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, GenerationEnd):
+                open_calls -= 1
+                prompt += item.usage.prompt_tokens
+                completion += item.usage.completion_tokens
+                continue
+            yield replace(item, index=i * n + item.index)
+        yield GenerationEnd(Usage(prompt, completion))
+    finally:
+        for task in tasks:
+            task.cancel()
+        for call in calls:
+            await call.close()

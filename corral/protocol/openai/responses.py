@@ -1,0 +1,104 @@
+"""Builders of OpenAI response bodies and stream chunks.
+
+Plain dicts serialised once with orjson: on the streaming hot path a pydantic model per
+chunk costs more than the engine's own work for a small model.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(
+    id_: str, created: int, model: str, choices: list[tuple[str, str | None]], usage: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            for i, (text, finish) in enumerate(choices)
+        ],
+        "usage": usage,
+        "system_fingerprint": None,
+    }
+
+
+def text_completion(
+    id_: str, created: int, model: str, choices: list[tuple[str, str | None]], usage: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+            for i, (text, finish) in enumerate(choices)
+        ],
+        "usage": usage,
+        "system_fingerprint": None,
+    }
+
+
+def chat_delta(index: int, content: str | None, finish: str | None, first: bool) -> dict[str, Any]:
+    delta: dict[str, Any] = {"role": "assistant", "content": content or ""} if first else {}
+    if content and not first:
+        delta["content"] = content
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def text_delta(index: int, text: str, finish: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def embeddings(model: str, vectors: list[list[float]], encoding: str, prompt_tokens: int) -> dict[str, Any]:
+    if encoding == "base64":
+        import array
+
+        def encode(v: list[float]) -> Any:
+            return base64.b64encode(array.array("f", v).tobytes()).decode("ascii")
+
+    else:
+
+        def encode(v: list[float]) -> Any:
+            return v
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def models_list(names: list[tuple[str, int]]) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "corral"} for name, created in names],
+    }
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

@@ -1,0 +1,1 @@
+"""Registry implementations. ``embedded`` lives in process (standalone mode)."""

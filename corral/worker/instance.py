@@ -1,0 +1,48 @@
+"""An Instance: one running copy of a model spec inside a worker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from corral.core.engine import Embedding, Engine, TextGeneration
+from corral.core.registry import InstanceRecord, InstanceState
+from corral.core.spec import ModelSpec
+
+
+def capabilities(engine: object) -> frozenset[str]:
+    caps = set()
+    if isinstance(engine, TextGeneration):
+        caps.update(("chat", "completion"))
+    if isinstance(engine, Embedding):
+        caps.add("embedding")
+    return frozenset(caps)
+
+
+@dataclass(eq=False)
+class Instance:
+    instance_id: str
+    spec: ModelSpec
+    engine: Engine
+    worker_id: str
+    state: InstanceState = InstanceState.STARTING
+    started_at: float = field(default_factory=time.time)
+    last_error: str | None = None
+
+    def record(self) -> InstanceRecord:
+        return InstanceRecord(
+            instance_id=self.instance_id,
+            model=self.spec.name,
+            kind=self.spec.kind,
+            engine=self.spec.engine,
+            worker_id=self.worker_id,
+            state=self.state,
+            capabilities=capabilities(self.engine) if self.state is InstanceState.READY else frozenset(),
+            started_at=self.started_at,
+            last_error=self.last_error,
+        )
+
+    def with_state(self, state: InstanceState, error: str | None = None) -> InstanceRecord:
+        self.state = state
+        self.last_error = error
+        return replace(self.record())
