@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 run: install
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(BIN)/corral start $(ARGS)
+	$(BIN)/corral start $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

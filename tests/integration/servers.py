@@ -1,0 +1,89 @@
+"""Starting real ``corral`` processes on free loopback ports for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def corral_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CORRAL_HOME"] = str(home)
+    env["HF_HUB_OFFLINE"] = "1"
+    env.pop("CORRAL_API_KEY", None)
+    return env
+
+
+def run_corral(args: list[str], home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a corral command to completion (for commands expected to exit)."""
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", *args],
+        env=corral_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_corral(args: list[str], home: Path, log_dir: Path, ready_timeout: float = 180) -> Server:
+    """Start ``corral start ARGS --port P`` and wait until /health/ready says ready."""
+    port = free_port()
+    log_path = log_dir / f"corral-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "corral.cli.main", "start", *args, "--port", str(port)],
+            env=corral_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, port, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"corral exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"corral was not ready within {ready_timeout}s:\n{server.log()}")
