@@ -64,8 +64,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     if args.host:
         overrides["host"] = args.host
     if args.port is not None:
-        if not 1 <= args.port <= 65535:
-            raise ConfigError(f"--port {args.port}: must be between 1 and 65535")
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port {args.port}: must be between 0 (any free port) and 65535")
         overrides["port"] = args.port
     keys = list(args.api_keys or [])
     if os.environ.get("CORRAL_API_KEY"):
@@ -95,12 +95,11 @@ def run_start(args: argparse.Namespace) -> int:
     _configure_logging(settings.server.log_level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    import uvicorn
-
+    from corral.cli.serve import Server, make_server
     from corral.standalone import Standalone
 
     exit_code = 0
-    server: uvicorn.Server | None = None
+    server: Server | None = None
 
     def on_fatal(message: str) -> None:
         nonlocal exit_code
@@ -110,18 +109,7 @@ def run_start(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     standalone = Standalone(settings, on_fatal)
-    config = uvicorn.Config(
-        standalone.app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
+    server = make_server(standalone.app, settings.server.host, settings.server.port, settings.server.log_level)
     _announce(settings.server)
     server.run()
     if not server.started and exit_code == 0:

@@ -81,9 +81,8 @@ class Router:
         kind = self._kinds[model]
         if capability not in KIND_SERVES[kind]:
             served = ", ".join(sorted(KIND_SERVES[kind]))
-            article = "an" if kind is ModelKind.LLM or kind is ModelKind.EMBEDDING else "a"
             raise InvalidRequest(
-                f"model {model!r} is {article} {kind.value} model: it serves {served}, not {capability}", param="model"
+                f"model {model!r} is an {kind.value} model: it serves {served}, not {capability}", param="model"
             )
         ready = [t for t in targets if t.record.state is InstanceState.READY and t.client is not None]
         if not ready:
