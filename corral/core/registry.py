@@ -1,15 +1,19 @@
 """The Registry interface: where instances are found.
 
-Workers put their instances here (under a lease in distributed stores); gateways keep
-a local view of it, fed by ``watch``, so no request waits on the registry.
+Workers put their instances here under a lease (``ttl``: a record not put again within
+``ttl`` seconds disappears, so a dead worker's instances vanish by themselves); gateways
+keep a local view of it fed by ``watch``, so no request waits on the registry.
+Implementations: ``corral.registry.embedded`` (in process), ``.sql`` (SQLite or
+PostgreSQL), ``.etcd`` (leases + watch), ``.remote`` (a controller's registry over HTTP).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from corral.core.spec import ModelKind
 
@@ -30,10 +34,30 @@ class InstanceRecord:
     engine: str
     worker_id: str
     state: InstanceState
-    address: str | None = None  # None: served in the gateway's own process
+    address: str | None = None  # base URL of the worker serving it; None: the gateway's own process
     capabilities: frozenset[str] = field(default_factory=frozenset)
     started_at: float = 0.0
     last_error: str | None = None
+    routing: str = "power_of_two"  # the model's balancing policy, carried so every gateway agrees
+    weight: float = 1.0  # for weighted policies
+    max_concurrency: int = 0  # gateway-side limit of requests in flight to this instance; 0: none
+
+
+def record_to_json(record: InstanceRecord) -> str:
+    data: dict[str, Any] = asdict(record)
+    data["kind"] = record.kind.value
+    data["state"] = record.state.value
+    data["capabilities"] = sorted(record.capabilities)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def record_from_json(text: str | bytes) -> InstanceRecord:
+    data = json.loads(text)
+    data["kind"] = ModelKind(data["kind"])
+    data["state"] = InstanceState(data["state"])
+    data["capabilities"] = frozenset(data.get("capabilities", ()))
+    known = InstanceRecord.__dataclass_fields__
+    return InstanceRecord(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -45,12 +69,25 @@ class RegistryEvent:
 
 
 class Registry(Protocol):
-    async def put(self, record: InstanceRecord) -> None: ...
+    async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
+        """Create or replace a record. With ``ttl`` the record is leased: it disappears
+        (watchers see a removal) unless put again within ``ttl`` seconds."""
+        ...
 
     async def remove(self, instance_id: str) -> None: ...
 
-    async def list(self) -> list[InstanceRecord]: ...
+    async def list(self) -> list[InstanceRecord]:
+        """Live records only (expired leases excluded)."""
+        ...
 
     def watch(self) -> AsyncIterator[RegistryEvent]:
-        """Every change after the call, in order. Callers first ``list``, then apply events."""
+        """The current state, then every change, in order, until the iterator is closed.
+
+        It first yields a put event for every live record (a snapshot), then changes.
+        While the store is unreachable it just waits (callers keep serving from their
+        last view); after reconnecting it yields what changed meanwhile: puts for every
+        live record and removals for records it reported that are gone. Applying the
+        same put twice must be harmless for consumers."""
         ...
+
+    async def close(self) -> None: ...

@@ -59,7 +59,10 @@ class StopMatcher:
         self.stopped = False
 
     def feed(self, delta: str) -> str:
-        """Add ``delta``; return the text now safe to emit. Sets ``stopped`` on a match."""
+        """Add ``delta``; return the text now safe to emit. Sets ``stopped`` on a match;
+        after that nothing more is released."""
+        if self.stopped:
+            return ""
         if not self._stops:
             return delta
         start = max(0, len(self._text) - max(len(s) for s in self._stops) + 1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -52,5 +52,3 @@ def create_gateway_app(
         lifespan=lifespan,
     )
 
-
-__all__ = ["create_gateway_app", "Readiness", "AsyncIterator"]

@@ -42,29 +42,23 @@ class Router:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        watch = self._registry.watch()
-        # subscribe before listing, so no change between the two is missed
-        first = asyncio.ensure_future(anext(watch))
-        await asyncio.sleep(0)
-        for record in await self._registry.list():
-            self._apply(record, removed=False)
-        self._task = asyncio.create_task(self._follow(watch, first), name="router-watch")
+        self._task = asyncio.create_task(self._follow(), name="router-watch")
+        await asyncio.sleep(0)  # let the watch subscribe before anything is registered
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
 
-    async def _follow(self, watch: object, first: asyncio.Future[object]) -> None:
-        event = await first
-        while True:
-            self._apply(event.record, event.removed)  # type: ignore[attr-defined]
-            event = await anext(watch)  # type: ignore[call-overload]
+    async def _follow(self) -> None:
+        # the watch starts with a snapshot of every live record, then streams changes
+        async for event in self._registry.watch():
+            self._apply(event.record, event.removed)
 
     def _apply(self, record: InstanceRecord, removed: bool) -> None:
         self._kinds[record.model] = record.kind
         old = self._targets.pop(record.instance_id, None)
         if not removed:
-            client = old.client if old is not None else self._resolve(record)
+            client = old.client if old is not None and old.client is not None else self._resolve(record)
             target = Target(record, client, old.in_flight if old is not None else 0)
             self._targets[record.instance_id] = target
         self._by_model = {}

@@ -1,23 +1,35 @@
-"""In-process registry for standalone mode: a dict plus fan-out to watchers."""
+"""In-process registry (standalone mode, and the controller's default store): a dict
+with lease expiry and fan-out to watchers."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from corral.core.registry import InstanceRecord, RegistryEvent
 
 
 class EmbeddedRegistry:
-    def __init__(self) -> None:
+    def __init__(self, sweep_interval: float = 0.5) -> None:
         self._records: dict[str, InstanceRecord] = {}
+        self._expires: dict[str, float] = {}
         self._watchers: set[asyncio.Queue[RegistryEvent]] = set()
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
 
-    async def put(self, record: InstanceRecord) -> None:
+    async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
         self._records[record.instance_id] = record
+        if ttl is None:
+            self._expires.pop(record.instance_id, None)
+        else:
+            self._expires[record.instance_id] = time.monotonic() + ttl
+            if self._sweeper is None or self._sweeper.done():
+                self._sweeper = asyncio.create_task(self._sweep(), name="registry-sweeper")
         self._publish(RegistryEvent(record))
 
     async def remove(self, instance_id: str) -> None:
+        self._expires.pop(instance_id, None)
         record = self._records.pop(instance_id, None)
         if record is not None:
             self._publish(RegistryEvent(record, removed=True))
@@ -29,10 +41,23 @@ class EmbeddedRegistry:
         queue: asyncio.Queue[RegistryEvent] = asyncio.Queue()
         self._watchers.add(queue)
         try:
+            for record in list(self._records.values()):
+                yield RegistryEvent(record)
             while True:
                 yield await queue.get()
         finally:
             self._watchers.discard(queue)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        while self._expires:
+            await asyncio.sleep(self._sweep_interval)
+            now = time.monotonic()
+            for instance_id in [i for i, t in self._expires.items() if t <= now]:
+                await self.remove(instance_id)
 
     def _publish(self, event: RegistryEvent) -> None:
         for queue in self._watchers:

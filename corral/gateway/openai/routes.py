@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from corral.core.errors import ModelNotFound
 from corral.core.registry import InstanceState
 from corral.gateway.body import read_body
 from corral.gateway.errors import from_validation, json_response
@@ -17,7 +19,12 @@ from corral.gateway.openai import render, translate
 from corral.gateway.pipeline import Pipeline
 from corral.gateway.router import Router
 from corral.protocol.openai import responses
-from corral.protocol.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
+from corral.protocol.openai.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingsRequest,
+    SamplingFields,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -61,27 +68,16 @@ class OpenAIRoutes:
         for entry in self._model_entries():
             if entry[0] == name:
                 return json_response(200, responses.models_list([entry])["data"][0])
-        from corral.core.errors import ModelNotFound
-
         raise ModelNotFound(f"the model {name!r} does not exist", param="model")
 
     async def chat(self, request: Request) -> Response:
         req = await self._parse(request, ChatCompletionRequest)
         rid = request.scope["state"]["request_id"]
         call = await self._pipeline.generate(translate.chat(req, rid), "chat")
-        id_ = f"chatcmpl-{rid}"
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = render.sse_stream(
-                aiter(call), id_=id_, model=req.model, obj="chat.completion.chunk", choice=render.chat_choice,
-                include_usage=include_usage,
-            )
-            return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
-        choices, usage = await render.collect(aiter(call), req.n)
-        body_dict = responses.chat_completion(
-            id_, int(time.time()), req.model, choices, responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
+        return await _respond(
+            aiter(call), req, f"chatcmpl-{rid}", "chat.completion.chunk", render.chat_choice,
+            responses.chat_completion, req.n,
         )
-        return json_response(200, body_dict)
 
     async def completions(self, request: Request) -> Response:
         req = await self._parse(request, CompletionRequest)
@@ -91,22 +87,34 @@ class OpenAIRoutes:
             stream = aiter(await self._pipeline.generate(gen_requests[0], "completion"))
         else:
             stream = await self._pipeline.generate_many(gen_requests, "completion")
-        id_ = f"cmpl-{rid}"
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = render.sse_stream(
-                stream, id_=id_, model=req.model, obj="text_completion", choice=render.text_choice,
-                include_usage=include_usage,
-            )
-            return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
-        choices, usage = await render.collect(stream, req.n * len(gen_requests))
-        body_dict = responses.text_completion(
-            id_, int(time.time()), req.model, choices, responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
+        return await _respond(
+            stream, req, f"cmpl-{rid}", "text_completion", render.text_choice,
+            responses.text_completion, req.n * len(gen_requests),
         )
-        return json_response(200, body_dict)
 
     async def embeddings(self, request: Request) -> Response:
         req = await self._parse(request, EmbeddingsRequest)
         rid = request.scope["state"]["request_id"]
         result = await self._pipeline.embed(translate.embeddings(req, rid))
         return json_response(200, responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens))
+
+
+async def _respond(
+    stream: render.Stream,
+    req: SamplingFields,
+    id_: str,
+    chunk_object: str,
+    choice: render.ChoiceDelta,
+    build: Callable[[str, int, str, list[tuple[str, str | None]], dict[str, int]], dict[str, Any]],
+    n_choices: int,
+) -> Response:
+    """Stream as SSE or collect into one JSON body: the same for chat and text completions."""
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        body = render.sse_stream(
+            stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage
+        )
+        return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+    choices, usage = await render.collect(stream, n_choices)
+    usage_body = responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
+    return json_response(200, build(id_, int(time.time()), req.model, choices, usage_body))

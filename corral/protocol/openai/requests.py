@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 _CONFIG = ConfigDict(strict=True, extra="ignore")
 
@@ -27,6 +27,13 @@ class ContentPart(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="allow")
     type: StrictStr
+
+    @field_validator("type")
+    @classmethod
+    def _not_text(cls, value: str) -> str:
+        if value == "text":  # a malformed text part must fail, not pass as "some other part"
+            raise ValueError("a text part needs a string 'text'")
+        return value
 
 
 class ChatMessageIn(BaseModel):
