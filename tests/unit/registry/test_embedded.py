@@ -76,13 +76,32 @@ async def test_watcher_sees_put_and_remove_in_order() -> None:
     await watch.aclose()
 
 
-async def test_watcher_sees_only_changes_after_subscribing() -> None:
+async def test_watcher_sees_snapshot_then_changes() -> None:
     reg = EmbeddedRegistry()
     await reg.put(rec("old"))
     watch, first = await subscribed(reg)
     await reg.put(rec("new"))
-    assert (await asyncio.wait_for(first, 1.0)).record.instance_id == "new"
+    assert (await asyncio.wait_for(first, 1.0)).record.instance_id == "old"
+    assert (await next_event(watch)).record.instance_id == "new"
     await watch.aclose()
+
+
+async def test_leased_record_expires_unless_refreshed() -> None:
+    reg = EmbeddedRegistry(sweep_interval=0.02)
+    await reg.put(rec("leased"), ttl=0.1)
+    await reg.put(rec("kept"), ttl=0.1)
+    await reg.put(rec("static"))
+    watch, first = await subscribed(reg)
+    for _ in range(8):  # keep refreshing one lease for longer than its ttl
+        await asyncio.sleep(0.03)
+        await reg.put(rec("kept"), ttl=0.1)
+    assert sorted(r.instance_id for r in await reg.list()) == ["kept", "static"]
+    seen = [await asyncio.wait_for(first, 1.0)]
+    while not any(e.removed for e in seen):
+        seen.append(await next_event(watch))
+    assert [e.record.instance_id for e in seen if e.removed] == ["leased"]
+    await watch.aclose()
+    await reg.close()
 
 
 async def test_two_watchers_both_see_events() -> None:
