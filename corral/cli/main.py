@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer KEY' on /v1 (repeatable; also CORRAL_API_KEY)",
     )
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+
+    from corral.cli.cluster_args import add_cluster_commands
+
+    add_cluster_commands(sub)
     return parser
 
 
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli.start import run_start
 
         return run_start(args)
+    if args.command in ("controller", "worker", "gateway"):
+        from corral.cli import cluster
+
+        return int(getattr(cluster, f"run_{args.command}")(args))
     parser.print_help()
     return 0
 

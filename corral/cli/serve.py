@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 
 class Server(uvicorn.Server):
+    """uvicorn's server with Corral's signal handling and an optional ``before_exit``
+    coroutine (a worker's drain) run on the first signal, before connections close."""
+
+    before_exit: Callable[[], Awaitable[None]] | None = None
+    _draining: asyncio.Task[None] | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
@@ -30,12 +38,29 @@ class Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self) -> None:
-        if self.should_exit:
-            self.force_exit = True
-        self.should_exit = True
+        if self.should_exit or self._draining is not None:
+            self.force_exit = self.should_exit = True
+            return
+        if self.before_exit is None:
+            self.should_exit = True
+            return
+        self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit(self.before_exit))
+
+    async def _drain_then_exit(self, before_exit: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await before_exit()
+        finally:
+            self.should_exit = True
 
 
-def make_server(app: Any, host: str, port: int, log_level: str, graceful_timeout: float = 10) -> Server:
+def make_server(
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    graceful_timeout: float = 10,
+    before_exit: Callable[[], Awaitable[None]] | None = None,
+) -> Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -47,4 +72,44 @@ def make_server(app: Any, host: str, port: int, log_level: str, graceful_timeout
         log_level=log_level,
         timeout_graceful_shutdown=graceful_timeout,
     )
-    return Server(config)
+    server = Server(config)
+    server.before_exit = before_exit
+    return server
+
+
+class Runner:
+    """Runs one server process to its end and turns failures into an exit code. Pass
+    ``fatal`` to the service: calling it logs why and stops the process with exit 1."""
+
+    def __init__(self) -> None:
+        self.exit_code = 0
+        self._server: Server | None = None
+
+    def fatal(self, message: str) -> None:
+        logging.getLogger("corral").error("cannot serve: %s", message)
+        self.exit_code = 1
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def run(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        log_level: str,
+        before_exit: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        self._server = make_server(app, host, port, log_level, before_exit=before_exit)
+        self._server.run()
+        if not self._server.started and self.exit_code == 0:
+            self.exit_code = 1  # uvicorn already said why (e.g. the port is taken)
+        return self.exit_code
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )

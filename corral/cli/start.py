@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
 from corral.core.spec import ModelKind, ModelSpec, ServerSettings, Settings
 
@@ -34,13 +35,13 @@ def _guess_kind(source: str) -> ModelKind:
     return ModelKind.LLM
 
 
-def _single_model(args: argparse.Namespace) -> ModelSpec:
+def single_model(source: str, name: str | None, kind_name: str | None, engine: str | None) -> ModelSpec:
+    """The spec of ``--model``: kind and engine guessed from the folder unless given."""
     from corral.config.loader import validate_model_spec
 
-    source: str = args.model
-    kind = ModelKind(args.kind) if args.kind else _guess_kind(source)
-    engine = args.engine or ("sentence-transformers" if kind is ModelKind.EMBEDDING else "transformers")
-    name = args.name or Path(source.rstrip("/")).name or source
+    kind = ModelKind(kind_name) if kind_name else _guess_kind(source)
+    engine = engine or ("sentence-transformers" if kind is ModelKind.EMBEDDING else "transformers")
+    name = name or Path(source.rstrip("/")).name or source
     spec = ModelSpec(name=name, kind=kind, engine=engine, source=source)
     validate_model_spec(spec)
     return spec
@@ -54,7 +55,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
         settings = load_settings(Path(args.config))
     elif args.model:
-        settings = Settings(models=(_single_model(args),))
+        settings = Settings(models=(single_model(args.model, args.name, args.kind, args.engine),))
     else:
         settings = Settings(models=DEMO_MODELS)
     if not settings.models:
@@ -77,44 +78,21 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, server=dataclasses.replace(server, **overrides))  # type: ignore[arg-type]
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def run_start(args: argparse.Namespace) -> int:
     try:
         settings = build_settings(args)
     except ConfigError as exc:
         print(f"corral: error: {exc.message}", file=sys.stderr)
         return 2
-    _configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from corral.cli.serve import Server, make_server
     from corral.standalone import Standalone
 
-    exit_code = 0
-    server: Server | None = None
-
-    def on_fatal(message: str) -> None:
-        nonlocal exit_code
-        log.error("cannot serve: %s", message)
-        exit_code = 1
-        if server is not None:
-            server.should_exit = True
-
-    standalone = Standalone(settings, on_fatal)
-    server = make_server(standalone.app, settings.server.host, settings.server.port, settings.server.log_level)
+    runner = Runner()
+    standalone = Standalone(settings, runner.fatal)
     _announce(settings.server)
-    server.run()
-    if not server.started and exit_code == 0:
-        exit_code = 1  # uvicorn already said why (e.g. the port is taken)
-    return exit_code
+    return runner.run(standalone.app, settings.server.host, settings.server.port, settings.server.log_level)
 
 
 def _announce(server: ServerSettings) -> None:

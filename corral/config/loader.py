@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.core.errors import ConfigError
-from corral.core.spec import ModelKind, ModelSpec, ServerSettings, Settings
+from corral.core.spec import ROUTING_POLICIES, ModelKind, ModelSpec, ServerSettings, Settings
 from corral.engines.catalog import get_entry
 
 Key = str | int
@@ -50,6 +50,9 @@ class _ModelTable(BaseModel):
     engine: str = Field(min_length=1)
     source: str = Field(min_length=1)
     replicas: int = Field(1, ge=1)
+    routing: Literal[ROUTING_POLICIES] = "power_of_two"  # type: ignore[valid-type]
+    weight: float = Field(1.0, gt=0)
+    max_concurrency: int = Field(0, ge=0)
 
 
 _MODEL_KEYS = (*_ModelTable.model_fields, "options")
@@ -135,7 +138,8 @@ def validate_model_spec(spec: ModelSpec) -> None:
     kind = spec.kind.value if isinstance(spec.kind, ModelKind) else spec.kind
     table = {"name": spec.name, "kind": kind, "engine": spec.engine, "source": spec.source}
     try:
-        _check_model({**table, "replicas": spec.replicas, "options": spec.options})
+        extra = {"routing": spec.routing, "weight": spec.weight, "max_concurrency": spec.max_concurrency}
+        _check_model({**table, "replicas": spec.replicas, **extra, "options": spec.options})
     except _Problem as problem:
         text = _render(problem)
         raise ConfigError(f"model {spec.name!r}: {text}", param=_dotted(problem.path) or None) from None

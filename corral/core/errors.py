@@ -80,6 +80,12 @@ class Unavailable(CorralError):
     code = "model_unavailable"
 
 
+class Unreachable(Unavailable):
+    """An instance could not be reached before its response started; safe to retry elsewhere."""
+
+    code = "instance_unreachable"
+
+
 class ConfigError(CorralError):
     """A configuration file or flag is invalid. Raised at start, shown without a traceback."""
 

@@ -68,7 +68,23 @@ class RegistryEvent:
     removed: bool = False
 
 
+@dataclass(frozen=True)
+class Synced:
+    """Yielded by a watch once the consumer's view is complete: after the initial
+    snapshot and after every resync that follows a reconnect."""
+
+
+SYNCED = Synced()
+
+WatchItem = RegistryEvent | Synced
+
+
 class Registry(Protocol):
+    async def open(self) -> None:
+        """Connect and prepare the store (create tables...). Called once, on the event
+        loop that will use the registry."""
+        ...
+
     async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
         """Create or replace a record. With ``ttl`` the record is leased: it disappears
         (watchers see a removal) unless put again within ``ttl`` seconds."""
@@ -80,14 +96,14 @@ class Registry(Protocol):
         """Live records only (expired leases excluded)."""
         ...
 
-    def watch(self) -> AsyncIterator[RegistryEvent]:
+    def watch(self) -> AsyncIterator[WatchItem]:
         """The current state, then every change, in order, until the iterator is closed.
 
-        It first yields a put event for every live record (a snapshot), then changes.
-        While the store is unreachable it just waits (callers keep serving from their
-        last view); after reconnecting it yields what changed meanwhile: puts for every
-        live record and removals for records it reported that are gone. Applying the
-        same put twice must be harmless for consumers."""
+        It first yields a put event for every live record (a snapshot) and then
+        ``SYNCED``, then changes. While the store is unreachable it just waits (callers
+        keep serving from their last view); after reconnecting it yields what changed
+        meanwhile (puts for every live record, removals for records it reported that are
+        gone) and ``SYNCED`` again. Applying the same put twice must be harmless."""
         ...
 
     async def close(self) -> None: ...

@@ -12,6 +12,9 @@ from enum import Enum
 from typing import Any
 
 
+ROUTING_POLICIES = ("power_of_two", "round_robin", "weighted", "least_requests", "latency", "session", "prefix")
+
+
 class ModelKind(str, Enum):
     LLM = "llm"
     EMBEDDING = "embedding"
@@ -27,6 +30,9 @@ class ModelSpec:
     source: str
     options: dict[str, Any] = field(default_factory=dict)
     replicas: int = 1
+    routing: str = "power_of_two"  # balancing policy across this model's instances
+    weight: float = 1.0  # this worker's instances' share under the weighted policy
+    max_concurrency: int = 0  # requests in flight per instance before gateways queue; 0: no limit
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,19 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
     echo: bool = False
+    user: str | None = None  # the API's ``user`` field: a session-affinity key
+    session: str | None = None  # the ``x-session-id`` header: a session-affinity key
+
+    def prefix(self, length: int = 256) -> str:
+        """The prompt's leading text, for prefix-affinity routing."""
+        if self.prompt is not None:
+            return self.prompt[:length]
+        out = ""
+        for m in self.messages or ():
+            out += m.role + ":" + m.content + "\n"
+            if len(out) >= length:
+                break
+        return out[:length]
 
 
 @dataclass(frozen=True)

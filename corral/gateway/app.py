@@ -15,8 +15,9 @@ from starlette.routing import Route
 
 from corral.core.errors import CorralError
 from corral.core.spec import ServerSettings
-from corral.gateway.errors import corral_error_handler, http_error_handler, json_response, unexpected_error_handler
-from corral.gateway.middleware import ApiKeys, RequestId
+from corral.gateway.errors import corral_error_handler, http_error_handler, unexpected_error_handler
+from corral.web.responses import json_response
+from corral.web.middleware import ApiKeys, RequestId
 from corral.gateway.openai.routes import OpenAIRoutes
 from corral.gateway.pipeline import Pipeline
 from corral.gateway.router import Router

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 
-import orjson
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -13,14 +12,11 @@ from starlette.responses import Response
 
 from corral.core.errors import CorralError, InvalidRequest, Overloaded, Unavailable
 from corral.protocol.openai.errors import error_body
+from corral.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error", 429: "rate_limit_error"}
-
-
-def json_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def error_response(exc: CorralError) -> Response:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from corral.core.engine import Embedding, TextGeneration
-from corral.core.errors import CorralError, EngineError
+from corral.core.errors import CorralError, EngineError, Overloaded, Unavailable
 from corral.core.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationEnd, GenerationRequest, Usage
 from corral.gateway.router import Router, Target
 
@@ -25,6 +26,7 @@ class Call:
     """A generation in progress on one target. Iterate it once; closing it early cancels
     the engine's work."""
 
+    router: Router
     target: Target
     stream: AsyncIterator[GenerationChunk | GenerationEnd]
     request: GenerationRequest
@@ -39,6 +41,7 @@ class Call:
             async for item in self.stream:
                 if self.first_token_at is None and isinstance(item, GenerationChunk):
                     self.first_token_at = time.perf_counter()
+                    self.router.observe_ttft(self.target, self.first_token_at - self.started)
                 if isinstance(item, GenerationEnd):
                     self.usage = item.usage
                 yield item
@@ -57,7 +60,7 @@ class Call:
         if self._closed:
             return
         self._closed = True
-        self.target.in_flight -= 1
+        self.router.release(self.target)
         aclose = getattr(self.stream, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -76,23 +79,58 @@ class Call:
             )
 
 
+R = TypeVar("R")
+
+
 class Pipeline:
-    def __init__(self, router: Router) -> None:
+    """Routes each request to an instance, retrying on another one when an instance
+    fails or is full before its response starts (at most ``attempts`` instances)."""
+
+    def __init__(self, router: Router, attempts: int = 3) -> None:
         self._router = router
+        self._attempts = attempts
+
+    async def _dispatch(
+        self,
+        model: str,
+        capability: str,
+        request: GenerationRequest | None,
+        call: Callable[[Target], Awaitable[R]],
+    ) -> tuple[Target, R]:
+        """Acquire an instance and run ``call`` on it; on ``Unavailable`` (unreachable,
+        draining) or ``Overloaded`` try another. The target stays acquired on success."""
+        tried: set[str] = set()
+        while True:
+            target = await self._router.acquire(model, capability, request, tried)
+            try:
+                result = await call(target)
+            except (Unavailable, Overloaded) as exc:
+                self._router.release(target)
+                if isinstance(exc, Unavailable):
+                    self._router.failed(target)
+                tried.add(target.instance_id)
+                if len(tried) >= self._attempts or not self._router.has_routable(model, capability, tried):
+                    raise
+                log.info("retrying %s on another instance: %s", model, exc.message)
+                continue
+            except BaseException:
+                self._router.release(target)
+                raise
+            self._router.succeeded(target)
+            return target, result
 
     async def generate(self, request: GenerationRequest, capability: str) -> Call:
-        target = self._router.pick(request.model, capability)
-        client = target.client
-        assert isinstance(client, TextGeneration)
-        target.in_flight += 1
-        try:
-            stream = await client.generate(request)
-        except BaseException:
-            target.in_flight -= 1
-            raise
-        return Call(target, stream, request)
+        async def start(target: Target) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+            client = target.client
+            assert isinstance(client, TextGeneration)
+            return await client.generate(request)
 
-    async def generate_many(self, requests: list[GenerationRequest], capability: str) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        target, stream = await self._dispatch(request.model, capability, request, start)
+        return Call(self._router, target, stream, request)
+
+    async def generate_many(
+        self, requests: list[GenerationRequest], capability: str
+    ) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         """Several prompts of one API call (``prompt`` as a list): choices are numbered
         prompt by prompt, usage is summed, and all run concurrently."""
         calls: list[Call] = []
@@ -107,14 +145,14 @@ class Pipeline:
         return _merge(calls, n)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        target = self._router.pick(request.model, "embedding")
-        client = target.client
-        assert isinstance(client, Embedding)
-        target.in_flight += 1
-        try:
+        async def run(target: Target) -> EmbeddingResult:
+            client = target.client
+            assert isinstance(client, Embedding)
             return await client.embed(request)
-        finally:
-            target.in_flight -= 1
+
+        target, result = await self._dispatch(request.model, "embedding", None, run)
+        self._router.release(target)
+        return result
 
 
 async def _merge(calls: list[Call], n: int) -> AsyncIterator[GenerationChunk | GenerationEnd]:

@@ -1,16 +1,25 @@
 """The router: a local, watch-updated view of the registry, and the choice of an
-instance for each request. No registry or controller round trip per request."""
+instance for each request. No registry or controller round trip per request.
+
+It also keeps what the gateway learns by itself: requests in flight per instance,
+an EWMA of time to first token, and consecutive failures. An instance that fails
+``eject_after`` times in a row is ejected for ``eject_for`` seconds (doubling while it
+keeps failing), and an active health check brings it back as soon as it answers.
+With ``max_concurrency`` set on a model, requests beyond it wait in a bounded queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from corral.core.errors import InvalidRequest, ModelNotFound, Unavailable
-from corral.core.registry import InstanceRecord, InstanceState, Registry
+from corral.core.errors import InvalidRequest, ModelNotFound, Overloaded, Unavailable
+from corral.core.registry import InstanceRecord, InstanceState, Registry, Synced
 from corral.core.spec import ModelKind
+from corral.core.types import GenerationRequest
 from corral.gateway.balancers import make_balancer
 
 log = logging.getLogger(__name__)
@@ -20,69 +29,211 @@ KIND_SERVES = {ModelKind.LLM: frozenset({"chat", "completion"}), ModelKind.EMBED
 
 @dataclass(eq=False)
 class Target:
-    """A routable instance: its record and the client that reaches its engine."""
+    """A routable instance: its record, the client that reaches its engine, and what
+    this gateway has observed of it."""
 
     record: InstanceRecord
-    client: object  # an engine implementing the capability protocols (in-process or remote)
+    client: object  # implements the engine capability protocols (in-process or remote)
     in_flight: int = 0
+    latency: float | None = None
+    failures: int = 0
+    ejected_until: float = 0.0
+    eject_for: float = 0.0
+
+    @property
+    def instance_id(self) -> str:
+        return self.record.instance_id
+
+    @property
+    def weight(self) -> float:
+        return self.record.weight
 
 
 Resolver = Callable[[InstanceRecord], object | None]
+HealthCheck = Callable[[Target], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    eject_after: int = 3
+    eject_for: float = 2.0
+    eject_max: float = 30.0
+    health_interval: float = 1.0
+    queue_limit: int = 256  # requests waiting per model when every instance is at max_concurrency
+    queue_timeout: float = 30.0
+    latency_alpha: float = 0.3
 
 
 class Router:
-    def __init__(self, registry: Registry, resolve: Resolver, policy: str = "power_of_two") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        resolve: Resolver,
+        settings: RouterSettings | None = None,
+        health_check: HealthCheck | None = None,
+    ) -> None:
         self._registry = registry
         self._resolve = resolve
-        self._policy = policy
+        self._settings = settings or RouterSettings()
+        self._health_check = health_check
         self._targets: dict[str, Target] = {}
         self._by_model: dict[str, list[Target]] = {}
         self._kinds: dict[str, ModelKind] = {}
-        self._balancers: dict[str, object] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._balancers: dict[tuple[str, str], object] = {}
+        self._waiters: dict[str, int] = {}
+        self._released: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.synced = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(), name="router-watch")
+        self._tasks.append(asyncio.create_task(self._follow(), name="router-watch"))
+        if self._health_check is not None:
+            self._tasks.append(asyncio.create_task(self._probe_ejected(), name="router-health"))
         await asyncio.sleep(0)  # let the watch subscribe before anything is registered
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
 
     async def _follow(self) -> None:
         # the watch starts with a snapshot of every live record, then streams changes
         async for event in self._registry.watch():
-            self._apply(event.record, event.removed)
+            if isinstance(event, Synced):
+                self.synced.set()
+            else:
+                self._apply(event.record, event.removed)
 
     def _apply(self, record: InstanceRecord, removed: bool) -> None:
         self._kinds[record.model] = record.kind
         old = self._targets.pop(record.instance_id, None)
         if not removed:
             client = old.client if old is not None and old.client is not None else self._resolve(record)
-            target = Target(record, client, old.in_flight if old is not None else 0)
+            target = Target(record, client)
+            if old is not None:
+                target.in_flight, target.latency = old.in_flight, old.latency
+                target.failures, target.ejected_until, target.eject_for = old.failures, old.ejected_until, old.eject_for
             self._targets[record.instance_id] = target
-        self._by_model = {}
+        by_model: dict[str, list[Target]] = {}
         for target in self._targets.values():
-            self._by_model.setdefault(target.record.model, []).append(target)
+            by_model.setdefault(target.record.model, []).append(target)
+        self._by_model = by_model
+        self._wake(record.model)
 
     def models(self) -> dict[str, list[InstanceRecord]]:
         return {name: [t.record for t in targets] for name, targets in self._by_model.items()}
 
-    def pick(self, model: str, capability: str) -> Target:
+    def targets(self, model: str) -> list[Target]:
+        return list(self._by_model.get(model, ()))
+
+    # -- choosing ------------------------------------------------------------------------
+
+    def _routable(self, model: str, capability: str, exclude: set[str]) -> tuple[list[Target], list[Target]]:
+        """(routable now, ready but at their concurrency limit)."""
         targets = self._by_model.get(model)
         if targets is None:
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         kind = self._kinds[model]
         if capability not in KIND_SERVES[kind]:
             served = ", ".join(sorted(KIND_SERVES[kind]))
-            raise InvalidRequest(
-                f"model {model!r} is an {kind.value} model: it serves {served}, not {capability}", param="model"
-            )
-        ready = [t for t in targets if t.record.state is InstanceState.READY and t.client is not None]
-        if not ready:
-            states = ", ".join(sorted({t.record.state.value for t in targets}))
-            raise Unavailable(f"model {model!r} has no ready instance (instances are {states}); retry shortly")
-        balancer = self._balancers.get(model)
+            raise InvalidRequest(f"model {model!r} is an {kind.value} model: it serves {served}, not {capability}", param="model")
+        now = time.monotonic()
+        ready = [
+            t for t in targets
+            if t.record.state is InstanceState.READY and t.client is not None and t.instance_id not in exclude
+        ]
+        healthy = [t for t in ready if t.ejected_until <= now] or ready  # all ejected: try anyway
+        if not healthy:
+            states = ", ".join(sorted({t.record.state.value for t in targets})) or "none"
+            raise Unavailable(f"model {model!r} has no ready instance (instances: {states}); retry shortly")
+        free = [t for t in healthy if not t.record.max_concurrency or t.in_flight < t.record.max_concurrency]
+        return free, healthy
+
+    def has_routable(self, model: str, capability: str, exclude: set[str]) -> bool:
+        try:
+            self._routable(model, capability, exclude)
+        except (ModelNotFound, InvalidRequest, Unavailable):
+            return False
+        return True
+
+    def _choose(self, model: str, targets: list[Target], request: GenerationRequest | None) -> Target:
+        policy = targets[0].record.routing
+        balancer = self._balancers.get((model, policy))
         if balancer is None:
-            balancer = self._balancers[model] = make_balancer(self._policy)
-        return balancer.pick(ready)  # type: ignore[attr-defined,no-any-return]
+            balancer = self._balancers[(model, policy)] = make_balancer(policy)
+        target: Target = balancer.pick(targets, request)  # type: ignore[attr-defined]
+        target.in_flight += 1
+        return target
+
+    async def acquire(
+        self, model: str, capability: str, request: GenerationRequest | None = None, exclude: set[str] | None = None
+    ) -> Target:
+        """Pick an instance and count a request in flight on it; ``release`` undoes it.
+        Waits in a bounded queue while every instance is at its concurrency limit."""
+        exclude = exclude or set()
+        free, _ = self._routable(model, capability, exclude)
+        if free:
+            return self._choose(model, free, request)
+        if self._waiters.get(model, 0) >= self._settings.queue_limit:
+            raise Overloaded(f"model {model!r} is at capacity and its queue is full; retry shortly")
+        self._waiters[model] = self._waiters.get(model, 0) + 1
+        deadline = time.monotonic() + self._settings.queue_timeout
+        try:
+            while True:
+                event = self._released.setdefault(model, asyncio.Event())
+                event.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Overloaded(f"model {model!r} stayed at capacity for {self._settings.queue_timeout:.0f}s; retry shortly")
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except TimeoutError:
+                    continue
+                free, _ = self._routable(model, capability, exclude)
+                if free:
+                    return self._choose(model, free, request)
+        finally:
+            self._waiters[model] -= 1
+
+    def release(self, target: Target) -> None:
+        target.in_flight -= 1
+        self._wake(target.record.model)
+
+    def _wake(self, model: str) -> None:
+        event = self._released.get(model)
+        if event is not None:
+            event.set()
+
+    # -- what the gateway observes ------------------------------------------------------
+
+    def observe_ttft(self, target: Target, seconds: float) -> None:
+        a = self._settings.latency_alpha
+        target.latency = seconds if target.latency is None else a * seconds + (1 - a) * target.latency
+
+    def succeeded(self, target: Target) -> None:
+        if target.failures or target.ejected_until:
+            target.failures, target.ejected_until, target.eject_for = 0, 0.0, 0.0
+
+    def failed(self, target: Target) -> None:
+        target.failures += 1
+        if target.failures >= self._settings.eject_after:
+            s = self._settings
+            target.eject_for = min(s.eject_max, target.eject_for * 2 if target.eject_for else s.eject_for)
+            target.ejected_until = time.monotonic() + target.eject_for
+            log.warning(
+                "ejected instance %s of %s for %.0fs after %d failures",
+                target.instance_id, target.record.model, target.eject_for, target.failures,
+            )
+
+    async def _probe_ejected(self) -> None:
+        assert self._health_check is not None
+        while True:
+            await asyncio.sleep(self._settings.health_interval)
+            now = time.monotonic()
+            for target in [t for t in self._targets.values() if t.ejected_until > now]:
+                try:
+                    healthy = await self._health_check(target)
+                except Exception:  # a probe failure is just "not healthy yet"
+                    healthy = False
+                if healthy:
+                    log.info("instance %s answers health checks again", target.instance_id)
+                    target.failures, target.ejected_until = 0, 0.0

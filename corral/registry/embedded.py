@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from corral.core.registry import InstanceRecord, RegistryEvent
+from corral.core.registry import SYNCED, InstanceRecord, RegistryEvent, WatchItem
 
 
 class EmbeddedRegistry:
@@ -17,6 +17,9 @@ class EmbeddedRegistry:
         self._watchers: set[asyncio.Queue[RegistryEvent]] = set()
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Nothing to prepare."""
 
     async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
         self._records[record.instance_id] = record
@@ -37,12 +40,13 @@ class EmbeddedRegistry:
     async def list(self) -> list[InstanceRecord]:
         return list(self._records.values())
 
-    async def watch(self) -> AsyncIterator[RegistryEvent]:
+    async def watch(self) -> AsyncIterator[WatchItem]:
         queue: asyncio.Queue[RegistryEvent] = asyncio.Queue()
         self._watchers.add(queue)
         try:
             for record in list(self._records.values()):
                 yield RegistryEvent(record)
+            yield SYNCED
             while True:
                 yield await queue.get()
         finally:

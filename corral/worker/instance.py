@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from corral.core.engine import Embedding, Engine, TextGeneration
 from corral.core.registry import InstanceRecord, InstanceState
@@ -29,7 +29,11 @@ class Instance:
     started_at: float = field(default_factory=time.time)
     last_error: str | None = None
 
-    def record(self) -> InstanceRecord:
+    def set_state(self, state: InstanceState, error: str | None = None) -> None:
+        self.state = state
+        self.last_error = error
+
+    def record(self, address: str | None) -> InstanceRecord:
         return InstanceRecord(
             instance_id=self.instance_id,
             model=self.spec.name,
@@ -37,12 +41,11 @@ class Instance:
             engine=self.spec.engine,
             worker_id=self.worker_id,
             state=self.state,
+            address=address,
             capabilities=capabilities(self.engine) if self.state is InstanceState.READY else frozenset(),
             started_at=self.started_at,
             last_error=self.last_error,
+            routing=self.spec.routing,
+            weight=self.spec.weight,
+            max_concurrency=self.spec.max_concurrency,
         )
-
-    def with_state(self, state: InstanceState, error: str | None = None) -> InstanceRecord:
-        self.state = state
-        self.last_error = error
-        return replace(self.record())

@@ -13,8 +13,9 @@ from starlette.routing import Route
 
 from corral.core.errors import ModelNotFound
 from corral.core.registry import InstanceState
-from corral.gateway.body import read_body
-from corral.gateway.errors import from_validation, json_response
+from corral.web.body import read_body
+from corral.gateway.errors import from_validation
+from corral.web.responses import json_response
 from corral.gateway.openai import render, translate
 from corral.gateway.pipeline import Pipeline
 from corral.gateway.router import Router
@@ -73,7 +74,7 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         req = await self._parse(request, ChatCompletionRequest)
         rid = request.scope["state"]["request_id"]
-        call = await self._pipeline.generate(translate.chat(req, rid), "chat")
+        call = await self._pipeline.generate(translate.chat(req, rid, request.headers.get("x-session-id")), "chat")
         return await _respond(
             aiter(call), req, f"chatcmpl-{rid}", "chat.completion.chunk", render.chat_choice,
             responses.chat_completion, req.n,
@@ -82,7 +83,7 @@ class OpenAIRoutes:
     async def completions(self, request: Request) -> Response:
         req = await self._parse(request, CompletionRequest)
         rid = request.scope["state"]["request_id"]
-        gen_requests = translate.completions(req, rid)
+        gen_requests = translate.completions(req, rid, request.headers.get("x-session-id"))
         if len(gen_requests) == 1:
             stream = aiter(await self._pipeline.generate(gen_requests[0], "completion"))
         else:

@@ -55,7 +55,7 @@ def _message(i: int, msg: ChatMessageIn) -> ChatMessage:
     return ChatMessage(role=role, content=content, name=msg.name)
 
 
-def chat(req: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+def chat(req: ChatCompletionRequest, request_id: str, session: str | None = None) -> GenerationRequest:
     if req.tools:
         raise _refuse("tools", "tool calling")
     if req.response_format and req.response_format.get("type") not in (None, "text"):
@@ -68,10 +68,12 @@ def chat(req: ChatCompletionRequest, request_id: str) -> GenerationRequest:
         model=req.model,
         sampling=_sampling(req, max_tokens),
         messages=tuple(_message(i, m) for i, m in enumerate(req.messages)),
+        user=req.user,
+        session=session,
     )
 
 
-def completions(req: CompletionRequest, request_id: str) -> list[GenerationRequest]:
+def completions(req: CompletionRequest, request_id: str, session: str | None = None) -> list[GenerationRequest]:
     if req.logprobs is not None:
         raise _refuse("logprobs", "logprobs")
     if req.suffix:
@@ -87,6 +89,8 @@ def completions(req: CompletionRequest, request_id: str) -> list[GenerationReque
             sampling=sampling,
             prompt=prompt,
             echo=req.echo,
+            user=req.user,
+            session=session,
         )
         for i, prompt in enumerate(prompts)
     ]

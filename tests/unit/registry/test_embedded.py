@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from corral.core.registry import InstanceRecord, InstanceState, RegistryEvent
+from corral.core.registry import SYNCED, InstanceRecord, InstanceState, RegistryEvent
 from corral.core.spec import ModelKind
 from corral.registry.embedded import EmbeddedRegistry
 
@@ -19,8 +19,10 @@ async def next_event(watch) -> RegistryEvent:
 
 
 async def subscribed(registry: EmbeddedRegistry):
-    """A watch generator that is already registered (generators start lazily)."""
+    """A watch past its initial snapshot, and a future of its first change."""
     watch = registry.watch()
+    while await next_event(watch) is not SYNCED:
+        pass
     first = asyncio.ensure_future(anext(watch))
     await asyncio.sleep(0)
     return watch, first
@@ -76,12 +78,13 @@ async def test_watcher_sees_put_and_remove_in_order() -> None:
     await watch.aclose()
 
 
-async def test_watcher_sees_snapshot_then_changes() -> None:
+async def test_watcher_sees_snapshot_then_synced_then_changes() -> None:
     reg = EmbeddedRegistry()
     await reg.put(rec("old"))
-    watch, first = await subscribed(reg)
+    watch = reg.watch()
+    assert (await next_event(watch)).record.instance_id == "old"
+    assert await next_event(watch) is SYNCED
     await reg.put(rec("new"))
-    assert (await asyncio.wait_for(first, 1.0)).record.instance_id == "old"
     assert (await next_event(watch)).record.instance_id == "new"
     await watch.aclose()
 

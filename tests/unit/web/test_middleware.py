@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from corral.gateway.middleware import ApiKeys, RequestId
+from corral.web.middleware import ApiKeys, RequestId
 
 KEY = "sk-secret-key-123"
 OTHER = "sk-other-key-456"

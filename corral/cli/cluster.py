@@ -1,0 +1,140 @@
+"""``corral controller``, ``corral worker`` and ``corral gateway``: the cluster processes.
+Each builds its service, then runs it with the shared ``Runner``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from corral.cli.serve import Runner, configure_logging
+from corral.core.errors import ConfigError
+from corral.core.spec import ModelKind, ModelSpec, ServerSettings
+
+log = logging.getLogger("corral")
+
+
+def secret(flag: str | None, file: str | None, env: str) -> str | None:
+    """A token from its flag, else its file, else the environment. Never logged."""
+    if flag:
+        return flag
+    if file:
+        try:
+            value = Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"token file {file} is empty")
+        return value
+    return os.environ.get(env) or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cluster_token(args: argparse.Namespace) -> str | None:
+    return secret(args.cluster_token, args.cluster_token_file, "CORRAL_CLUSTER_TOKEN")
+
+
+def _registry_url(args: argparse.Namespace) -> str:
+    if bool(args.controller) == bool(args.registry):
+        raise ConfigError("give exactly one of --controller URL or --registry URL")
+    return str(args.controller or args.registry)
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    from corral.controller.service import ControllerService
+    from corral.registry.factory import redact, registry_from_url
+
+    try:
+        admin_token = secret(args.admin_token, args.admin_token_file, "CORRAL_ADMIN_TOKEN")
+        if not admin_token and not is_loopback(args.host):
+            raise ConfigError(
+                f"refusing to serve the admin API on {args.host} without an admin token: "
+                "pass --admin-token (or CORRAL_ADMIN_TOKEN), or bind to 127.0.0.1"
+            )
+        service = ControllerService(registry_from_url(args.registry), _cluster_token(args), admin_token)
+    except ConfigError as exc:
+        return _fail(exc.message)
+    configure_logging(args.log_level)
+    log.info("controller on http://%s:%d, registry %s", args.host, args.port, redact(args.registry or "memory://"))
+    return Runner().run(service.app, args.host, args.port, args.log_level)
+
+
+def _worker_models(args: argparse.Namespace) -> tuple[ModelSpec, ...]:
+    if args.config:
+        from corral.config.loader import load_settings
+
+        models = load_settings(Path(args.config)).models
+    elif args.model:
+        from corral.cli.start import single_model
+
+        models = (single_model(args.model, args.name, args.kind, args.engine),)
+    else:
+        raise ConfigError("a worker needs models: give --config worker.toml or --model PATH_OR_HUB_ID")
+    if not models:
+        raise ConfigError(f"{args.config}: declares no [[models]]")
+    return models
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from corral.registry.factory import registry_from_url
+    from corral.worker.service import WorkerService
+
+    runner = Runner()
+    try:
+        token = _cluster_token(args)
+        models = _worker_models(args)
+        advertise = (args.advertise_address or f"http://{_reachable_host(args.host)}:{args.port}").rstrip("/")
+        if not advertise.startswith(("http://", "https://")):
+            advertise = f"http://{advertise}"
+        service = WorkerService(
+            registry_from_url(_registry_url(args), token),
+            models,
+            advertise,
+            token,
+            runner.fatal,
+            lease_ttl=args.lease_ttl,
+            drain_timeout=args.drain_timeout,
+        )
+    except ConfigError as exc:
+        return _fail(exc.message)
+    configure_logging(args.log_level)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log.info("worker %s on %s:%d, advertised as %s", service.worker.worker_id, args.host, args.port, advertise)
+    return runner.run(service.app, args.host, args.port, args.log_level, before_exit=service.drain)
+
+
+def _reachable_host(host: str) -> str:
+    return socket.gethostname() if host in ("0.0.0.0", "::") else host
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from corral.gateway.service import GatewayService
+    from corral.registry.factory import registry_from_url
+
+    try:
+        token = _cluster_token(args)
+        keys = tuple(args.api_keys or ()) + ((os.environ["CORRAL_API_KEY"],) if os.environ.get("CORRAL_API_KEY") else ())
+        server = ServerSettings(host=args.host, port=args.port, api_keys=keys, log_level=args.log_level)
+        service = GatewayService(registry_from_url(_registry_url(args), token), server, token)
+    except ConfigError as exc:
+        return _fail(exc.message)
+    configure_logging(args.log_level)
+    log.info("gateway on http://%s:%d (OpenAI API at /v1)", args.host, args.port)
+    return Runner().run(service.app, args.host, args.port, args.log_level)
+
+
+def _fail(message: str) -> int:
+    print(f"corral: error: {message}", file=sys.stderr)
+    return 2

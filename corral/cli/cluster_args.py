@@ -1,0 +1,42 @@
+"""Arguments of the cluster commands (kept apart from their implementation so that
+``corral --help`` imports nothing heavy)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser, port: int) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+        p.add_argument("--cluster-token", help="shared secret of the cluster (also CORRAL_CLUSTER_TOKEN)")
+        p.add_argument("--cluster-token-file", metavar="FILE", help="read the cluster token from FILE")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def registry_choice(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--controller", metavar="URL", help="join through a controller (comma-separate several)")
+        p.add_argument("--registry", metavar="URL", help="or use a registry directly: sqlite:///F, postgresql://..., etcd://H:P")
+
+    c = sub.add_parser("controller", help="run the control plane (registry authority, admin API)")
+    common(c, 8001)
+    c.add_argument("--registry", metavar="URL", help="memory:// (default), sqlite:///F, postgresql://..., etcd://H:P[,H2:P2]")
+    c.add_argument("--admin-token", help="required on /admin (also CORRAL_ADMIN_TOKEN)")
+    c.add_argument("--admin-token-file", metavar="FILE")
+
+    w = sub.add_parser("worker", help="host model instances for a cluster")
+    common(w, 8100)
+    registry_choice(w)
+    w.add_argument("--config", metavar="FILE", help="TOML with [[models]] to host")
+    w.add_argument("--model", metavar="PATH_OR_HUB_ID", help="host one model without a file")
+    w.add_argument("--name", help="model name for --model")
+    w.add_argument("--kind", choices=["llm", "embedding"])
+    w.add_argument("--engine")
+    w.add_argument("--advertise-address", metavar="URL", help="address gateways use to reach this worker")
+    w.add_argument("--lease-ttl", type=float, default=5.0, help="seconds before a silent worker's instances vanish")
+    w.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on shutdown")
+
+    g = sub.add_parser("gateway", help="serve the OpenAI API for a cluster")
+    common(g, 8000)
+    registry_choice(g)
+    g.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="require this bearer key on /v1")

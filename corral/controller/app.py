@@ -1,0 +1,134 @@
+"""The controller's HTTP API.
+
+- ``/cluster/v1/...`` (cluster token): the registry for workers and gateways that join
+  with ``--controller URL``: put (with a lease ttl), remove, list, and a watch stream
+  (NDJSON: a snapshot, then changes, with a keep-alive line every 5 s).
+- ``/admin/v1/...`` (admin token): what operators and the CLI read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from corral.core.errors import CorralError, InvalidRequest
+from corral.core.registry import InstanceRecord, Registry, Synced, WatchItem, record_from_json, record_to_json
+from corral.gateway.errors import corral_error_handler, http_error_handler, unexpected_error_handler
+from corral.web.body import read_body
+from corral.web.middleware import ApiKeys, RequestId
+from corral.web.responses import json_response
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 5.0
+
+
+def _record_dict(record: InstanceRecord) -> object:
+    return orjson.loads(record_to_json(record))
+
+
+def create_controller_app(
+    registry: Registry,
+    cluster_token: str | None,
+    admin_token: str | None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    started = time.time()
+
+    async def put_instance(request: Request) -> Response:
+        body = await read_body(request, 1024 * 1024)
+        try:
+            record = record_from_json(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequest(f"malformed instance record: {exc}") from None
+        if record.instance_id != request.path_params["instance_id"]:
+            raise InvalidRequest("instance id in the path and the body differ", param="instance_id")
+        ttl_text = request.query_params.get("ttl")
+        try:
+            ttl = float(ttl_text) if ttl_text is not None else None
+        except ValueError:
+            raise InvalidRequest("ttl must be a number of seconds", param="ttl") from None
+        if ttl is not None and not 0.5 <= ttl <= 3600:
+            raise InvalidRequest("ttl must be between 0.5 and 3600 seconds", param="ttl")
+        await registry.put(record, ttl=ttl)
+        return json_response(200, {"ok": True})
+
+    async def remove_instance(request: Request) -> Response:
+        await registry.remove(request.path_params["instance_id"])
+        return json_response(200, {"ok": True})
+
+    async def list_instances(request: Request) -> Response:
+        records = await registry.list()
+        return json_response(200, {"instances": [_record_dict(r) for r in records]})
+
+    async def watch(request: Request) -> Response:
+        return StreamingResponse(_watch_lines(registry), media_type="application/x-ndjson")
+
+    async def health(request: Request) -> Response:
+        return json_response(200, {"status": "ok", "uptime_s": round(time.time() - started, 1)})
+
+    async def admin_models(request: Request) -> Response:
+        models: dict[str, dict[str, object]] = {}
+        for r in await registry.list():
+            entry = models.setdefault(r.model, {"kind": r.kind.value, "routing": r.routing, "instances": []})
+            entry["instances"].append(_record_dict(r))  # type: ignore[attr-defined]
+        return json_response(200, {"models": models})
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/cluster/v1/instances", list_instances, methods=["GET"]),
+            Route("/cluster/v1/instances/{instance_id}", put_instance, methods=["PUT"]),
+            Route("/cluster/v1/instances/{instance_id}", remove_instance, methods=["DELETE"]),
+            Route("/cluster/v1/watch", watch, methods=["GET"]),
+            Route("/admin/v1/instances", list_instances, methods=["GET"]),
+            Route("/admin/v1/models", admin_models, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(RequestId),
+            Middleware(ApiKeys, keys=(cluster_token,) if cluster_token else (), prefix="/cluster"),
+            Middleware(ApiKeys, keys=(admin_token,) if admin_token else (), prefix="/admin"),
+        ],
+        exception_handlers={
+            CorralError: corral_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def _watch_lines(registry: Registry) -> AsyncIterator[bytes]:
+    """The registry's watch as NDJSON (``put``, ``removed``, ``synced`` lines), with a
+    keep-alive line when idle so clients notice a dead connection within seconds."""
+    events = registry.watch()
+    pending: asyncio.Task[WatchItem] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield b"{}\n"
+                continue
+            event = pending.result()
+            pending = None
+            if isinstance(event, Synced):
+                yield b'{"synced":true}\n'
+            else:
+                yield orjson.dumps({"removed" if event.removed else "put": _record_dict(event.record)}) + b"\n"
+    finally:
+        if pending is not None:
+            pending.cancel()
+        await events.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,56 @@
+"""Choosing a registry by URL.
+
+| URL | registry |
+|---|---|
+| ``memory://`` (or nothing) | in this process (standalone; a controller's default) |
+| ``sqlite:///path/file.db`` | SQLite file shared by processes on one machine |
+| ``postgresql://user:pass@host:5432/db`` | PostgreSQL, shared by controllers for HA |
+| ``etcd://host:2379[,host2:2379]`` | etcd: leases and watches |
+| ``http://controller:8001[,http://c2:8001]`` | a controller's registry API (``--controller``) |
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from corral.core.errors import ConfigError
+from corral.core.registry import Registry
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def registry_from_url(url: str | None, token: str | None = None) -> Registry:
+    """Build the registry for ``url`` without any I/O; the process opens it (``await
+    registry.open()``) on its own event loop."""
+    scheme = (url or "memory://").split(":", 1)[0].lower()
+    if scheme == "memory":
+        from corral.registry.embedded import EmbeddedRegistry
+
+        return EmbeddedRegistry()
+    assert url is not None
+    if scheme in ("sqlite", "postgresql", "postgres"):
+        try:
+            from corral.registry.sql import SqlRegistry
+        except ImportError:
+            raise ConfigError("SQL registries need SQLAlchemy: pip install 'corral[sql]'", param="registry") from None
+        return SqlRegistry(url)
+    if scheme == "etcd":
+        from corral.registry.etcd import EtcdRegistry
+
+        return EtcdRegistry(url)
+    if scheme in ("http", "https"):
+        from corral.registry.remote import RemoteRegistry
+
+        return RemoteRegistry(url, token)
+    raise ConfigError(
+        f"unknown registry URL {redact(url)!r}: use memory://, sqlite:///FILE, postgresql://..., "
+        "etcd://HOST:PORT or a controller's http:// URL",
+        param="registry",
+    )

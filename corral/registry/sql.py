@@ -1,0 +1,268 @@
+"""Registry in a SQL table (SQLite file or PostgreSQL), shared by every process that opens
+the same URL.
+
+Design:
+
+- One table, ``corral_instances(instance_id primary key, model, data, expires_at,
+  updated_at)``; ``data`` is ``record_to_json(record)``. ``put`` is an upsert
+  (``INSERT .. ON CONFLICT DO UPDATE``); ``remove`` is a ``DELETE``.
+- Leases use wall-clock time (``time.time()``), because several processes, possibly on
+  several hosts, compare the same ``expires_at``: their clocks must roughly agree (NTP).
+  A row whose ``expires_at`` has passed is invisible to ``list`` at once; it is deleted
+  later, opportunistically, by whichever watcher polls next.
+- There are no server-side notifications: ``watch`` polls ``list`` every
+  ``poll_interval`` seconds and diffs the result (compared as JSON text) against the
+  previous poll, so a change shows up within one interval, and changes that cancel out
+  within one interval are not seen. While the database is unreachable a watcher keeps
+  its last view, logs one warning per outage and retries; the first successful poll
+  after the outage reports what changed meanwhile.
+- Database failures in ``put``/``remove``/``list``/``open`` surface as
+  ``corral.core.errors.Unavailable`` whose message names the URL without its password.
+- SQLite runs in WAL mode so that several processes can read while one writes; writers
+  wait up to ``busy_timeout`` for the file lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, Double, MetaData, Table, Text, delete, event, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from corral.core.errors import ConfigError, Unavailable
+from corral.core.registry import InstanceRecord, RegistryEvent, record_from_json, record_to_json
+
+log = logging.getLogger(__name__)
+
+
+class SqlRegistry:
+    """``SqlRegistry("sqlite:///path/registry.db")`` or
+    ``SqlRegistry("postgresql://user:password@host:5432/db")``; call ``open()`` first."""
+
+    connect_timeout = 5.0  # seconds to establish a PostgreSQL connection
+    command_timeout = 10.0  # seconds for one PostgreSQL statement
+    busy_timeout_ms = 5000  # SQLite: how long a writer waits for the file lock
+    schema_attempts = 3  # CREATE TABLE races with other processes opening the same database
+
+    def __init__(self, url: str, poll_interval: float = 0.5) -> None:
+        self._url = _driver_url(url)
+        self._password = self._url.password or ""
+        # for messages and logs: the user's URL without the password
+        given = make_url(url)
+        self.safe_url = URL.create(
+            given.drivername, given.username, None, given.host, given.port, given.database, given.query
+        ).render_as_string(hide_password=False)
+        self._poll_interval = poll_interval
+        self._closed = False
+        self._metadata = MetaData()
+        self._table = Table(
+            "corral_instances",
+            self._metadata,
+            Column("instance_id", Text, primary_key=True),
+            Column("model", Text, nullable=False),
+            Column("data", Text, nullable=False),
+            Column("expires_at", Double, nullable=True),
+            Column("updated_at", Double, nullable=False),
+        )
+        self._engine = self._create_engine()
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name  # "sqlite" or "postgresql"
+
+    async def open(self) -> None:
+        """Create the table if missing; harmless when it exists or another process creates it now."""
+        with self._unavailable("create the schema"):
+            for attempt in range(1, self.schema_attempts + 1):
+                try:
+                    async with self._engine.begin() as conn:
+                        await conn.run_sync(self._metadata.create_all, checkfirst=True)
+                    return
+                except DBAPIError:
+                    # Another process created the table between our check and our CREATE
+                    # (PostgreSQL: duplicate table or pg_type unique violation; SQLite:
+                    # "already exists"): the next checkfirst sees it.
+                    if attempt == self.schema_attempts:
+                        raise
+                    await asyncio.sleep(0.05 * attempt)
+
+    async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
+        now = time.time()
+        values: dict[str, Any] = {
+            "instance_id": record.instance_id,
+            "model": record.model,
+            "data": record_to_json(record),
+            "expires_at": None if ttl is None else now + ttl,
+            "updated_at": now,
+        }
+        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = insert(self._table).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=[self._table.c.instance_id],
+            set_={name: statement.excluded[name] for name in values if name != "instance_id"},
+        )
+        with self._unavailable("put a record"):
+            async with self._engine.begin() as conn:
+                await conn.execute(statement)
+
+    async def remove(self, instance_id: str) -> None:
+        with self._unavailable("remove a record"):
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(self._table).where(self._table.c.instance_id == instance_id))
+
+    async def list(self) -> list[InstanceRecord]:
+        """Live records (no lease, or a lease not yet expired), ordered by instance id."""
+        with self._unavailable("list records"):
+            rows, _ = await self._rows(time.time(), live_only=True)
+        records, bad = _decode(rows)
+        for instance_id in bad:
+            log.warning("registry %s: skipping unreadable record %r", self.safe_url, instance_id)
+        return [record for _, record in records.values()]
+
+    async def watch(self) -> AsyncGenerator[RegistryEvent, None]:
+        """Poll and diff (see the module docstring). Ends only when closed (``aclose``,
+        cancellation, or ``close()`` of the registry); never raises database errors."""
+        known: dict[str, tuple[str, InstanceRecord]] = {}
+        reported_bad: set[str] = set()
+        failing = False
+        while not self._closed:
+            try:
+                now = time.time()
+                rows, expired = await self._rows(now)
+                if expired:
+                    await self._purge(now)
+            except Exception as exc:  # noqa: BLE001 -- an outage, or anything else: keep the last view, retry
+                if not failing:
+                    log.warning(
+                        "registry %s unreachable (%s); keeping the last view, retrying every %.1fs",
+                        self.safe_url,
+                        self._describe(exc),
+                        self._poll_interval,
+                    )
+                    failing = True
+            else:
+                if failing:
+                    log.info("registry %s reachable again", self.safe_url)
+                    failing = False
+                current, bad = _decode(rows)
+                for instance_id in bad - reported_bad:
+                    log.warning("registry %s: skipping unreadable record %r", self.safe_url, instance_id)
+                reported_bad = bad
+                events = _diff(known, current)
+                known = current
+                for change in events:
+                    yield change
+            await asyncio.sleep(self._poll_interval)
+
+    async def close(self) -> None:
+        """Dispose of the connection pool; running watchers end after their current interval."""
+        self._closed = True
+        await self._engine.dispose()
+
+    # -- internals --
+
+    def _create_engine(self) -> AsyncEngine:
+        if self._url.drivername.startswith("postgresql"):
+            return create_async_engine(
+                self._url,
+                pool_pre_ping=True,  # replace connections a server restart has closed
+                connect_args={"timeout": self.connect_timeout, "command_timeout": self.command_timeout},
+            )
+        engine = create_async_engine(self._url)
+        busy_timeout_ms = self.busy_timeout_ms
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.close()
+
+        return engine
+
+    def _live(self, now: float) -> ColumnElement[bool]:
+        expires_at = self._table.c.expires_at
+        return or_(expires_at.is_(None), expires_at > now)
+
+    async def _rows(self, now: float, live_only: bool = False) -> tuple[Sequence[tuple[str, str]], int]:
+        """``(instance_id, data)`` of the live rows, and how many expired rows remain."""
+        table = self._table
+        query = select(table.c.instance_id, table.c.data, table.c.expires_at).order_by(table.c.instance_id)
+        if live_only:
+            query = query.where(self._live(now))
+        async with self._engine.connect() as conn:
+            result = await conn.execute(query)
+            rows = [(row[0], row[1], row[2]) for row in result]
+        live = [(instance_id, data) for instance_id, data, expires in rows if expires is None or expires > now]
+        return live, len(rows) - len(live)
+
+    async def _purge(self, now: float) -> None:
+        """Delete expired leases (they are already invisible). Best effort: a lock
+        conflict with another process just leaves them for the next poll."""
+        expired = self._table.c.expires_at < now
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(self._table).where(expired))
+        except DBAPIError as exc:
+            log.debug("registry %s: purge of expired leases failed: %s", self.safe_url, self._describe(exc))
+
+    @contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        """Database and network failures become ``Unavailable`` (without the password)."""
+        try:
+            yield
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            message = f"registry database {self.safe_url} unavailable: could not {action}: {self._describe(exc)}"
+            raise Unavailable(message, code="registry_unavailable") from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        text = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return f"{type(original).__name__}: {text}"
+
+
+def _driver_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid registry URL: {exc}") from None
+    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+    drivers.update({name: name for name in drivers.values()})  # driver URLs are accepted as they are
+    driver = drivers.get(parsed.drivername)
+    if driver is None:
+        raise ConfigError(
+            f"unsupported registry URL scheme {parsed.drivername!r}: use sqlite:///path or postgresql://user@host/db"
+        )
+    return parsed.set(drivername=driver)
+
+
+def _decode(rows: Sequence[tuple[str, str]]) -> tuple[dict[str, tuple[str, InstanceRecord]], set[str]]:
+    """Rows to ``{instance_id: (json, record)}``, plus the ids of rows that do not parse."""
+    records: dict[str, tuple[str, InstanceRecord]] = {}
+    bad: set[str] = set()
+    for instance_id, data in rows:
+        try:
+            records[instance_id] = (data, record_from_json(data))
+        except Exception:  # noqa: BLE001 -- a corrupt row, or one written by an incompatible version
+            bad.add(instance_id)
+    return records, bad
+
+
+def _diff(
+    before: dict[str, tuple[str, InstanceRecord]], after: dict[str, tuple[str, InstanceRecord]]
+) -> list[RegistryEvent]:
+    """Puts for new or changed records (by JSON text), then removals with the last known record."""
+    events = [RegistryEvent(record) for key, (data, record) in after.items() if before.get(key, ("",))[0] != data]
+    events += [RegistryEvent(record, removed=True) for key, (_, record) in before.items() if key not in after]
+    return events

@@ -1,0 +1,110 @@
+"""The worker's HTTP API (internal: gateways call it, with the cluster token).
+
+Routes the internal protocol of ``corral.cluster.wire`` to the worker's in-process
+engines. Streams are plain deltas; a gateway that disconnects closes the engine
+iterator, which cancels the generation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from corral.cluster import wire
+from corral.core.engine import Embedding, TextGeneration
+from corral.core.errors import CorralError, EngineError, InvalidRequest, Unavailable
+from corral.core.registry import InstanceState
+from corral.web.body import read_body
+from corral.web.responses import json_response
+from corral.web.middleware import ApiKeys, RequestId
+from corral.worker.instance import Instance
+from corral.worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_INTERNAL_BODY = 64 * 1024 * 1024
+
+
+def create_worker_app(
+    worker: Worker,
+    token: str | None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    def instance_for(request: Request, capability: type) -> Instance:
+        instance = worker.get(request.path_params["instance_id"])
+        if instance is None or instance.state is not InstanceState.READY:
+            raise Unavailable(f"instance {request.path_params['instance_id']} is not serving on this worker")
+        if not isinstance(instance.engine, capability):
+            raise InvalidRequest(f"instance {instance.instance_id} cannot serve this request", param="model")
+        return instance
+
+    async def generate(request: Request) -> Response:
+        instance = instance_for(request, TextGeneration)
+        req = wire.decode_generation(await read_body(request, MAX_INTERNAL_BODY))
+        with worker.track(instance):
+            stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
+        return StreamingResponse(_lines(worker, instance, stream), media_type="application/x-ndjson")
+
+    async def embed(request: Request) -> Response:
+        instance = instance_for(request, Embedding)
+        req = wire.decode_embedding(await read_body(request, MAX_INTERNAL_BODY))
+        with worker.track(instance):
+            result = await instance.engine.embed(req)  # type: ignore[attr-defined]
+        return json_response(200, {"v": result.vectors, "u": [result.usage.prompt_tokens, 0]})
+
+    async def health(request: Request) -> Response:
+        return json_response(200, {"status": "ok", "worker_id": worker.worker_id})
+
+    async def status(request: Request) -> Response:
+        return json_response(200, worker.status())
+
+    async def corral_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CorralError)
+        return json_response(exc.status, wire.error_to_wire(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return json_response(exc.status_code, {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}})
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/internal/v1/status", status, methods=["GET"]),
+            Route("/internal/v1/instances/{instance_id}/generate", generate, methods=["POST"]),
+            Route("/internal/v1/instances/{instance_id}/embed", embed, methods=["POST"]),
+        ],
+        middleware=[Middleware(RequestId), Middleware(ApiKeys, keys=(token,) if token else (), prefix="/internal")],
+        exception_handlers={CorralError: corral_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )
+
+
+async def _lines(worker: Worker, instance: Instance, stream: Any) -> AsyncIterator[bytes]:
+    with worker.track(instance):
+        try:
+            async for item in stream:
+                yield wire.encode_item(item)
+        except CorralError as exc:
+            yield _error_line(exc)
+        except Exception as exc:  # an engine bug: the gateway must get an error line, not a cut stream
+            log.exception("generation failed on instance %s", instance.instance_id)
+            yield _error_line(EngineError(f"engine failed: {type(exc).__name__}"))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def _error_line(exc: CorralError) -> bytes:
+    return orjson.dumps(wire.error_to_wire(exc)) + b"\n"
