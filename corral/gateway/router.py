@@ -11,6 +11,7 @@ With ``max_concurrency`` set on a model, requests beyond it wait in a bounded qu
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -80,8 +81,7 @@ class Router:
         self._by_model: dict[str, list[Target]] = {}
         self._kinds: dict[str, ModelKind] = {}
         self._balancers: dict[tuple[str, str], object] = {}
-        self._waiters: dict[str, int] = {}
-        self._released: dict[str, asyncio.Event] = {}
+        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.synced = asyncio.Event()
 
@@ -105,14 +105,17 @@ class Router:
 
     def _apply(self, record: InstanceRecord, removed: bool) -> None:
         self._kinds[record.model] = record.kind
-        old = self._targets.pop(record.instance_id, None)
-        if not removed:
-            client = old.client if old is not None and old.client is not None else self._resolve(record)
-            target = Target(record, client)
-            if old is not None:
-                target.in_flight, target.latency = old.in_flight, old.latency
-                target.failures, target.ejected_until, target.eject_for = old.failures, old.ejected_until, old.eject_for
-            self._targets[record.instance_id] = target
+        if removed:
+            self._targets.pop(record.instance_id, None)
+        else:
+            target = self._targets.get(record.instance_id)
+            if target is None:
+                self._targets[record.instance_id] = Target(record, self._resolve(record))
+            else:
+                # update in place: requests in flight hold this object and release it later
+                target.record = record
+                if target.client is None:
+                    target.client = self._resolve(record)
         by_model: dict[str, list[Target]] = {}
         for target in self._targets.values():
             by_model.setdefault(target.record.model, []).append(target)
@@ -168,40 +171,48 @@ class Router:
         self, model: str, capability: str, request: GenerationRequest | None = None, exclude: set[str] | None = None
     ) -> Target:
         """Pick an instance and count a request in flight on it; ``release`` undoes it.
-        Waits in a bounded queue while every instance is at its concurrency limit."""
+        While every instance is at its concurrency limit, requests wait in a bounded
+        first-come-first-served queue, at most ``queue_timeout`` seconds."""
         exclude = exclude or set()
+        queue = self._queues.setdefault(model, collections.deque())
         free, _ = self._routable(model, capability, exclude)
-        if free:
+        if free and not queue:
             return self._choose(model, free, request)
-        if self._waiters.get(model, 0) >= self._settings.queue_limit:
+        if len(queue) >= self._settings.queue_limit:
             raise Overloaded(f"model {model!r} is at capacity and its queue is full; retry shortly")
-        self._waiters[model] = self._waiters.get(model, 0) + 1
         deadline = time.monotonic() + self._settings.queue_timeout
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
         try:
             while True:
-                event = self._released.setdefault(model, asyncio.Event())
-                event.clear()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise Overloaded(f"model {model!r} stayed at capacity for {self._settings.queue_timeout:.0f}s; retry shortly")
+                    raise Overloaded(
+                        f"model {model!r} stayed at capacity for {self._settings.queue_timeout:.0f}s; retry shortly"
+                    )
                 try:
-                    await asyncio.wait_for(event.wait(), remaining)
+                    await asyncio.wait_for(asyncio.shield(turn), remaining)
                 except TimeoutError:
                     continue
                 free, _ = self._routable(model, capability, exclude)
                 if free:
                     return self._choose(model, free, request)
+                # woken but nothing fits this request: keep its place at the head
+                turn = asyncio.get_running_loop().create_future()
+                queue[0] = turn
         finally:
-            self._waiters[model] -= 1
+            if turn in queue:
+                queue.remove(turn)
+            self._wake(model)  # pass the turn on if there is still room
 
     def release(self, target: Target) -> None:
         target.in_flight -= 1
         self._wake(target.record.model)
 
     def _wake(self, model: str) -> None:
-        event = self._released.get(model)
-        if event is not None:
-            event.set()
+        queue = self._queues.get(model)
+        if queue and not queue[0].done():
+            queue[0].set_result(None)
 
     # -- what the gateway observes ------------------------------------------------------
 
@@ -210,7 +221,7 @@ class Router:
         target.latency = seconds if target.latency is None else a * seconds + (1 - a) * target.latency
 
     def succeeded(self, target: Target) -> None:
-        if target.failures or target.ejected_until:
+        if target.failures or target.ejected_until or target.eject_for:
             target.failures, target.ejected_until, target.eject_for = 0, 0.0, 0.0
 
     def failed(self, target: Target) -> None:

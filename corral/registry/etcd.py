@@ -40,7 +40,8 @@ from typing import Any
 import httpx
 
 from corral.core.errors import Unavailable
-from corral.core.registry import InstanceRecord, RegistryEvent, record_from_json, record_to_json
+from corral.core.registry import InstanceRecord, RegistryEvent, WatchItem, record_from_json, record_to_json
+from corral.registry.resync import Reported
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class EtcdRegistry:
         self._locks: dict[str, asyncio.Lock] = {}  # one lease dance at a time per instance id
         self._closed = False
 
+    async def open(self) -> None:
+        """Nothing to prepare: keys need no schema, and endpoints are tried on each call."""
+
     async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
         instance_id = record.instance_id
         kv = {"key": _b64(self._key(instance_id)), "value": _b64(record_to_json(record))}
@@ -159,14 +163,14 @@ class EtcdRegistry:
         records, _ = await self._snapshot()
         return list(records.values())
 
-    async def watch(self) -> AsyncIterator[RegistryEvent]:
-        reported: dict[str, InstanceRecord] = {}
+    async def watch(self) -> AsyncIterator[WatchItem]:
+        reported = Reported()
         delay, down = _BACKOFF_MIN, False
         while not self._closed:
             compacted = False
             try:
                 records, revision = await self._snapshot()
-                for event in _resync(reported, records):
+                for event in reported.resync(list(records.values())):
                     yield event
                 async with aclosing(self._stream(revision + 1, reported)) as stream:
                     async for event in stream:
@@ -253,7 +257,7 @@ class EtcdRegistry:
                 records[decoded[0]] = decoded[1]
         return records, int(data["header"]["revision"])
 
-    async def _stream(self, start: int, reported: dict[str, InstanceRecord]) -> AsyncIterator[RegistryEvent | None]:
+    async def _stream(self, start: int, reported: Reported) -> AsyncIterator[RegistryEvent | None]:
         """Events from ``start`` on (None once etcd confirms the watch), keeping ``reported``
         up to date; raises when the stream breaks or etcd cancels it."""
         body = {"create_request": {**self._range, "start_revision": str(start)}}
@@ -280,18 +284,8 @@ class EtcdRegistry:
                         continue
                     instance_id, record = decoded
                     if event.get("type") == "DELETE":
-                        gone = reported.pop(instance_id, None)
+                        gone = reported.removed(instance_id)
                         if gone is not None:
-                            yield RegistryEvent(gone, removed=True)
+                            yield gone
                     elif record is not None:
-                        reported[instance_id] = record
-                        yield RegistryEvent(record)
-
-
-def _resync(reported: dict[str, InstanceRecord], records: dict[str, InstanceRecord]) -> list[RegistryEvent]:
-    """After (re)listing: removals for reported records that vanished, puts for all live ones."""
-    events = [RegistryEvent(record, removed=True) for i, record in reported.items() if i not in records]
-    events += [RegistryEvent(record) for record in records.values()]
-    reported.clear()
-    reported.update(records)
-    return events
+                        yield reported.put(record)

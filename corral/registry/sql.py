@@ -39,7 +39,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral.core.errors import ConfigError, Unavailable
-from corral.core.registry import InstanceRecord, RegistryEvent, record_from_json, record_to_json
+from corral.core.registry import SYNCED, InstanceRecord, RegistryEvent, WatchItem, record_from_json, record_to_json
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,13 @@ class SqlRegistry:
             log.warning("registry %s: skipping unreadable record %r", self.safe_url, instance_id)
         return [record for _, record in records.values()]
 
-    async def watch(self) -> AsyncGenerator[RegistryEvent, None]:
+    async def watch(self) -> AsyncGenerator[WatchItem, None]:
         """Poll and diff (see the module docstring). Ends only when closed (``aclose``,
         cancellation, or ``close()`` of the registry); never raises database errors."""
         known: dict[str, tuple[str, InstanceRecord]] = {}
         reported_bad: set[str] = set()
         failing = False
+        synced = False  # the consumer's view is complete (first poll, or first after an outage)
         while not self._closed:
             try:
                 now = time.time()
@@ -152,7 +153,7 @@ class SqlRegistry:
             else:
                 if failing:
                     log.info("registry %s reachable again", self.safe_url)
-                    failing = False
+                    failing = synced = False
                 current, bad = _decode(rows)
                 for instance_id in bad - reported_bad:
                     log.warning("registry %s: skipping unreadable record %r", self.safe_url, instance_id)
@@ -161,6 +162,9 @@ class SqlRegistry:
                 known = current
                 for change in events:
                     yield change
+                if not synced:
+                    synced = True
+                    yield SYNCED
             await asyncio.sleep(self._poll_interval)
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from corral.core.errors import Unavailable
-from corral.core.registry import InstanceRecord, InstanceState, RegistryEvent
+from corral.core.registry import Synced, InstanceRecord, InstanceState, RegistryEvent
 from corral.core.spec import ModelKind
 from corral.registry.etcd import EtcdRegistry
 from tests.services.etcd import EtcdServer, free_port, start_etcd
@@ -54,12 +54,16 @@ class Watcher:
 
     def __init__(self, registry: EtcdRegistry) -> None:
         self.events: list[RegistryEvent] = []
+        self.syncs = 0  # SYNCED markers: after the snapshot and after every resync
         self._watch = registry.watch()
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         async for event in self._watch:
-            self.events.append(event)
+            if isinstance(event, Synced):
+                self.syncs += 1
+            else:
+                self.events.append(event)
 
     async def wait_for(self, condition: Callable[[list[RegistryEvent]], bool], timeout: float = 1.0) -> float:
         """Seconds until ``condition(events)`` holds; fails after ``timeout``."""

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from corral.core.errors import ConfigError, Unavailable
-from corral.core.registry import InstanceRecord, InstanceState, RegistryEvent
+from corral.core.registry import Synced, InstanceRecord, InstanceState, RegistryEvent
 from corral.core.spec import ModelKind
 from corral.registry.sql import SqlRegistry
 from tests.services.postgres import Postgres, free_port, start_postgres
@@ -56,12 +56,16 @@ class Watcher:
 
     def __init__(self, registry: SqlRegistry) -> None:
         self.events: asyncio.Queue[RegistryEvent] = asyncio.Queue()
+        self.syncs = 0  # SYNCED markers: after the first poll and after every outage
         self._iterator = registry.watch()
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         async for change in self._iterator:
-            await self.events.put(change)
+            if isinstance(change, Synced):
+                self.syncs += 1
+            else:
+                await self.events.put(change)
 
     async def next(self, timeout: float = 5.0) -> RegistryEvent:
         return await asyncio.wait_for(self.events.get(), timeout)

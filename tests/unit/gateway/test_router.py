@@ -245,15 +245,8 @@ async def test_in_flight_and_client_survive_record_updates(registry: EmbeddedReg
     assert again.in_flight == 3
 
 
-STALE_TARGET = (
-    "router.py:108-115 Router._apply replaces the Target object on every record update (e.g. each lease "
-    "renewal, worker.py:111, every lease_ttl/3) and only copies its counters; requests in flight keep the "
-    "old object, so release()/failed() on it change the dead copy and the live target's in_flight stays "
-    "raised forever (failures are lost)"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_TARGET)
 async def test_release_after_a_record_update_counts_on_the_live_target(
     registry: EmbeddedRegistry, router: Router
 ) -> None:
@@ -266,7 +259,6 @@ async def test_release_after_a_record_update_counts_on_the_live_target(
     assert target_of(router, "a").in_flight == 0  # actual: 1
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_TARGET)
 async def test_failure_after_a_record_update_counts_on_the_live_target(
     registry: EmbeddedRegistry, make_router
 ) -> None:
@@ -567,12 +559,6 @@ async def test_failing_health_check_keeps_the_target_ejected(
     assert {(await pick(r)).instance_id for _ in range(4)} == {"b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router.py:213 succeeded() only resets when failures or ejected_until is set; after the health "
-    "probe (router.py:239) zeroes those, eject_for keeps its old value, so a later ejection is doubled even "
-    "though the instance succeeded in between",
-)
 async def test_success_after_health_check_recovery_resets_the_eject_duration(
     registry: EmbeddedRegistry, make_router
 ) -> None:
