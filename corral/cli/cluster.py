@@ -120,14 +120,18 @@ def _reachable_host(host: str) -> str:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    from corral.gateway.router import RouterSettings
     from corral.gateway.service import GatewayService
     from corral.registry.factory import registry_from_url
 
     try:
         token = _cluster_token(args)
         keys = tuple(args.api_keys or ()) + ((os.environ["CORRAL_API_KEY"],) if os.environ.get("CORRAL_API_KEY") else ())
-        server = ServerSettings(host=args.host, port=args.port, api_keys=keys, log_level=args.log_level)
-        service = GatewayService(registry_from_url(_registry_url(args), token), server, token)
+        server = ServerSettings(
+            host=args.host, port=args.port, api_keys=keys, log_level=args.log_level, max_body_bytes=args.max_body_bytes
+        )
+        routing = RouterSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout)
+        service = GatewayService(registry_from_url(_registry_url(args), token), server, token, routing)
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)

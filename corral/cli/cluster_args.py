@@ -40,3 +40,6 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     common(g, 8000)
     registry_choice(g)
     g.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="require this bearer key on /v1")
+    g.add_argument("--queue-limit", type=int, default=256, help="requests waiting per model when instances are full")
+    g.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait for an instance")
+    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413")

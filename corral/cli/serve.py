@@ -113,3 +113,5 @@ def configure_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # one line per HTTP call to the registry or a worker would drown the useful ones
+    logging.getLogger("httpx").setLevel(logging.WARNING)

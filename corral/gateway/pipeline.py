@@ -144,7 +144,9 @@ class Pipeline:
         n = requests[0].sampling.n
         return _merge(calls, n)
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+    async def embed(self, request: EmbeddingRequest) -> tuple[str, EmbeddingResult]:
+        """The result and the id of the instance that computed it."""
+
         async def run(target: Target) -> EmbeddingResult:
             client = target.client
             assert isinstance(client, Embedding)
@@ -152,7 +154,7 @@ class Pipeline:
 
         target, result = await self._dispatch(request.model, "embedding", None, run)
         self._router.release(target)
-        return result
+        return target.instance_id, result
 
 
 async def _merge(calls: list[Call], n: int) -> AsyncIterator[GenerationChunk | GenerationEnd]:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,27 +64,38 @@ def run_corral(args: list[str], home: Path, timeout: float = 120) -> subprocess.
     )
 
 
-def start_corral(args: list[str], home: Path, log_dir: Path, ready_timeout: float = 180) -> Server:
-    """Start ``corral start ARGS --port P`` and wait until /health/ready says ready."""
-    port = free_port()
-    log_path = log_dir / f"corral-{port}.log"
-    with open(log_path, "wb") as log:
+def launch(command: list[str], home: Path, log_dir: Path, port: int, env: dict[str, str] | None = None) -> Server:
+    """Start ``corral COMMAND...`` in the background, logging to a file."""
+    log_path = log_dir / f"corral-{command[0]}-{port}.log"
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "corral.cli.main", "start", *args, "--port", str(port)],
-            env=corral_env(home),
+            [sys.executable, "-m", "corral.cli.main", *command],
+            env={**corral_env(home), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = Server(process, port, log_path)
-    deadline = time.monotonic() + ready_timeout
+    return Server(process, port, log_path)
+
+
+def wait_until(server: Server, ready: Callable[[], bool], timeout: float = 180) -> Server:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"corral exited with {process.returncode}:\n{server.log()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"corral exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
+            if ready():
                 return server
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"corral was not ready within {ready_timeout}s:\n{server.log()}")
+    raise RuntimeError(f"corral was not ready within {timeout}s:\n{server.log()}")
+
+
+def start_corral(args: list[str], home: Path, log_dir: Path, ready_timeout: float = 180) -> Server:
+    """Start ``corral start ARGS --port P`` and wait until /health/ready says ready."""
+    port = free_port()
+    server = launch(["start", *args, "--port", str(port)], home, log_dir, port)
+    return wait_until(
+        server, lambda: httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200, ready_timeout
+    )

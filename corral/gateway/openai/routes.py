@@ -30,6 +30,7 @@ from corral.protocol.openai.requests import (
 M = TypeVar("M", bound=BaseModel)
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+INSTANCE_HEADER = "x-corral-instance"  # which instance served the request
 
 
 class OpenAIRoutes:
@@ -77,7 +78,7 @@ class OpenAIRoutes:
         call = await self._pipeline.generate(translate.chat(req, rid, request.headers.get("x-session-id")), "chat")
         return await _respond(
             aiter(call), req, f"chatcmpl-{rid}", "chat.completion.chunk", render.chat_choice,
-            responses.chat_completion, req.n,
+            responses.chat_completion, req.n, call.target.instance_id,
         )
 
     async def completions(self, request: Request) -> Response:
@@ -85,19 +86,21 @@ class OpenAIRoutes:
         rid = request.scope["state"]["request_id"]
         gen_requests = translate.completions(req, rid, request.headers.get("x-session-id"))
         if len(gen_requests) == 1:
-            stream = aiter(await self._pipeline.generate(gen_requests[0], "completion"))
+            call = await self._pipeline.generate(gen_requests[0], "completion")
+            stream, served_by = aiter(call), call.target.instance_id
         else:
-            stream = await self._pipeline.generate_many(gen_requests, "completion")
+            stream, served_by = await self._pipeline.generate_many(gen_requests, "completion"), "multiple"
         return await _respond(
             stream, req, f"cmpl-{rid}", "text_completion", render.text_choice,
-            responses.text_completion, req.n * len(gen_requests),
+            responses.text_completion, req.n * len(gen_requests), served_by,
         )
 
     async def embeddings(self, request: Request) -> Response:
         req = await self._parse(request, EmbeddingsRequest)
         rid = request.scope["state"]["request_id"]
-        result = await self._pipeline.embed(translate.embeddings(req, rid))
-        return json_response(200, responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens))
+        served_by, result = await self._pipeline.embed(translate.embeddings(req, rid))
+        body = responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens)
+        return json_response(200, body, {INSTANCE_HEADER: served_by})
 
 
 async def _respond(
@@ -108,6 +111,7 @@ async def _respond(
     choice: render.ChoiceDelta,
     build: Callable[[str, int, str, list[tuple[str, str | None]], dict[str, int]], dict[str, Any]],
     n_choices: int,
+    served_by: str,
 ) -> Response:
     """Stream as SSE or collect into one JSON body: the same for chat and text completions."""
     if req.stream:
@@ -115,7 +119,7 @@ async def _respond(
         body = render.sse_stream(
             stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage
         )
-        return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(body, media_type="text/event-stream", headers={**_SSE_HEADERS, INSTANCE_HEADER: served_by})
     choices, usage = await render.collect(stream, n_choices)
     usage_body = responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
-    return json_response(200, build(id_, int(time.time()), req.model, choices, usage_body))
+    return json_response(200, build(id_, int(time.time()), req.model, choices, usage_body), {INSTANCE_HEADER: served_by})

@@ -332,7 +332,8 @@ async def test_generate_many_merges_and_releases(cluster: Cluster) -> None:
 async def test_embed_retries_an_unreachable_instance(cluster: Cluster) -> None:
     bad = await cluster.add("bad", FakeEngine(Unreachable("down")), "emb", ModelKind.EMBEDDING)
     good = await cluster.add("good", FakeEngine(), "emb", ModelKind.EMBEDDING)
-    result = await Pipeline(cluster.router).embed(ereq())
+    served_by, result = await Pipeline(cluster.router).embed(ereq())
+    assert served_by == "good"
     assert result.vectors == [[1.0], [3.0]]
     assert (bad.calls, good.calls) == (1, 1)
     assert cluster.target("bad", "emb").failures == 1

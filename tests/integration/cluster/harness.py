@@ -1,0 +1,109 @@
+"""Real cluster processes on loopback: controllers, workers and gateways as subprocesses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.servers import Server, free_port, launch, wait_until
+
+CLUSTER_TOKEN = "cluster-secret-9f2c"
+ADMIN_TOKEN = "admin-secret-41aa"
+
+
+def worker_config(folder: Path, name: str, models: list[dict[str, Any]]) -> Path:
+    """A worker TOML hosting the demo LLM under the given names and routing policies."""
+    lines = []
+    for m in models:
+        lines += [
+            "[[models]]",
+            f'name = "{m["name"]}"',
+            f'kind = "{m.get("kind", "llm")}"',
+            f'engine = "{m.get("engine", "transformers")}"',
+            f'source = "{m.get("source", "demo:tiny-llama")}"',
+            f'routing = "{m.get("routing", "power_of_two")}"',
+            f'max_concurrency = {m.get("max_concurrency", 0)}',
+            "",
+        ]
+    path = folder / f"{name}.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Cluster:
+    def __init__(self, home: Path, logs: Path) -> None:
+        self.home = home
+        self.logs = logs
+        self.processes: list[Server] = []
+
+    def controller(self, registry: str | None = None, admin_token: str | None = ADMIN_TOKEN) -> Server:
+        port = free_port()
+        args = ["controller", "--port", str(port), "--cluster-token", CLUSTER_TOKEN]
+        args += ["--registry", registry] if registry else []
+        args += ["--admin-token", admin_token] if admin_token else []
+        server = launch(args, self.home, self.logs, port)
+        self.processes.append(server)
+        return wait_until(server, lambda: httpx.get(f"{server.url}/health", timeout=2).status_code == 200)
+
+    def worker(
+        self,
+        join: list[str],
+        config: Path,
+        token: str = CLUSTER_TOKEN,
+        port: int | None = None,
+        wait: bool = True,
+        extra: list[str] | None = None,
+    ) -> Server:
+        """``join`` is ["--controller", URL] or ["--registry", URL]."""
+        port = port or free_port()
+        args = ["worker", *join, "--config", str(config), "--port", str(port), "--cluster-token", token]
+        args += ["--lease-ttl", "3", *(extra or [])]
+        server = launch(args, self.home, self.logs, port)
+        self.processes.append(server)
+        if wait:
+            wait_until(server, lambda: _worker_ready(server, token))
+        return server
+
+    def gateway(self, join: list[str], extra: list[str] | None = None) -> Server:
+        port = free_port()
+        args = ["gateway", *join, "--port", str(port), "--cluster-token", CLUSTER_TOKEN, *(extra or [])]
+        server = launch(args, self.home, self.logs, port)
+        self.processes.append(server)
+        return wait_until(server, lambda: httpx.get(f"{server.url}/health", timeout=2).status_code == 200)
+
+    def stop(self) -> None:
+        for server in reversed(self.processes):
+            server.stop()
+
+
+def _worker_ready(server: Server, token: str) -> bool:
+    resp = httpx.get(f"{server.url}/internal/v1/status", headers={"authorization": f"Bearer {token}"}, timeout=2)
+    instances = resp.json()["instances"] if resp.status_code == 200 else []
+    return bool(instances) and all(i["state"] == "ready" for i in instances)
+
+
+def ready_instances(gateway: Server, model: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{gateway.url}/health/ready", timeout=5)
+    model_info = resp.json().get("models", {}).get(model, {"instances": []})
+    return [i for i in model_info["instances"] if i["state"] == "ready"]
+
+
+def wait_for_instances(gateway: Server, model: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = ready_instances(gateway, model)
+        if len(found) == count:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{model}: wanted {count} ready instances, have {ready_instances(gateway, model)}")
+
+
+def worker_status(worker: Server) -> dict[str, Any]:
+    resp = httpx.get(
+        f"{worker.url}/internal/v1/status", headers={"authorization": f"Bearer {CLUSTER_TOKEN}"}, timeout=5
+    )
+    return resp.json()  # type: ignore[no-any-return]
