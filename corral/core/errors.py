@@ -72,6 +72,13 @@ class EngineError(CorralError):
     code = "engine_error"
 
 
+class InstanceLost(EngineError):
+    """The instance went away mid-generation (its worker died or the link broke)."""
+
+    status = 503
+    code = "instance_lost"
+
+
 class Unavailable(CorralError):
     """The model exists but no instance can serve it now (loading, draining, failed)."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from corral.core.engine import Embedding, TextGeneration
-from corral.core.errors import CorralError, EngineError, Overloaded, Unavailable
+from corral.core.errors import CorralError, EngineError, InstanceLost, Overloaded, Unavailable
 from corral.core.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationEnd, GenerationRequest, Usage
 from corral.gateway.router import Router, Target
 
@@ -96,10 +96,11 @@ class Pipeline:
         capability: str,
         request: GenerationRequest | None,
         call: Callable[[Target], Awaitable[R]],
+        tried: set[str] | None = None,
     ) -> tuple[Target, R]:
         """Acquire an instance and run ``call`` on it; on ``Unavailable`` (unreachable,
         draining) or ``Overloaded`` try another. The target stays acquired on success."""
-        tried: set[str] = set()
+        tried = set() if tried is None else tried
         while True:
             target = await self._router.acquire(model, capability, request, tried)
             try:
@@ -119,14 +120,31 @@ class Pipeline:
             self._router.succeeded(target)
             return target, result
 
-    async def generate(self, request: GenerationRequest, capability: str) -> Call:
+    async def generate(self, request: GenerationRequest, capability: str, tried: set[str] | None = None) -> Call:
         async def start(target: Target) -> AsyncIterator[GenerationChunk | GenerationEnd]:
             client = target.client
             assert isinstance(client, TextGeneration)
             return await client.generate(request)
 
-        target, stream = await self._dispatch(request.model, capability, request, start)
+        target, stream = await self._dispatch(request.model, capability, request, start, tried)
         return Call(self._router, target, stream, request)
+
+    async def complete(self, request: GenerationRequest, capability: str) -> tuple[str, Choices, Usage]:
+        """A whole (non-streamed) generation. Nothing has reached the client until it
+        ends, so an instance lost mid-way is retried from the start on another one."""
+        tried: set[str] = set()
+        while True:
+            call = await self.generate(request, capability, tried)
+            try:
+                choices, usage = await collect(aiter(call), request.sampling.n)
+            except InstanceLost as exc:
+                self._router.failed(call.target)
+                tried.add(call.target.instance_id)
+                if len(tried) >= self._attempts or not self._router.has_routable(request.model, capability, tried):
+                    raise
+                log.info("instance lost mid-generation, retrying %s elsewhere: %s", request.request_id, exc.message)
+                continue
+            return call.target.instance_id, choices, usage
 
     async def generate_many(
         self, requests: list[GenerationRequest], capability: str
@@ -155,6 +173,23 @@ class Pipeline:
         target, result = await self._dispatch(request.model, "embedding", None, run)
         self._router.release(target)
         return target.instance_id, result
+
+
+Choices = list[tuple[str, str | None]]  # (text, finish reason) per choice
+
+
+async def collect(stream: AsyncIterator[GenerationChunk | GenerationEnd], n: int) -> tuple[Choices, Usage]:
+    texts: list[list[str]] = [[] for _ in range(n)]
+    finish: list[str | None] = [None] * n
+    usage = Usage(0, 0)
+    async for item in stream:
+        if isinstance(item, GenerationEnd):
+            usage = item.usage
+            continue
+        texts[item.index].append(item.text)
+        if item.finish_reason is not None:
+            finish[item.index] = item.finish_reason.value
+    return [("".join(t), f) for t, f in zip(texts, finish)], usage
 
 
 async def _merge(calls: list[Call], n: int) -> AsyncIterator[GenerationChunk | GenerationEnd]:

@@ -15,7 +15,7 @@ import httpx
 import orjson
 
 from corral.cluster import wire
-from corral.core.errors import CorralError, EngineError, Unreachable
+from corral.core.errors import CorralError, InstanceLost, Unreachable
 from corral.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -76,11 +76,11 @@ class RemoteInstance:
                 ended = isinstance(item, GenerationEnd)
                 yield item
         except (httpx.TransportError, OSError) as exc:
-            raise EngineError(f"lost the instance at {self.address} mid-stream ({type(exc).__name__})") from None
+            raise InstanceLost(f"lost the instance at {self.address} mid-stream ({type(exc).__name__})") from None
         finally:
             await resp.aclose()
         if not ended:
-            raise EngineError(f"the instance at {self.address} ended the stream early")
+            raise InstanceLost(f"the instance at {self.address} ended the stream early")
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         try:

@@ -19,20 +19,6 @@ log = logging.getLogger(__name__)
 Stream = AsyncIterator[GenerationChunk | GenerationEnd]
 
 
-async def collect(stream: Stream, n: int) -> tuple[list[tuple[str, str | None]], Usage]:
-    texts: list[list[str]] = [[] for _ in range(n)]
-    finish: list[str | None] = [None] * n
-    usage = Usage(0, 0)
-    async for item in stream:
-        if isinstance(item, GenerationEnd):
-            usage = item.usage
-            continue
-        texts[item.index].append(item.text)
-        if item.finish_reason is not None:
-            finish[item.index] = item.finish_reason.value
-    return [("".join(t), f) for t, f in zip(texts, finish)], usage
-
-
 ChoiceDelta = Callable[[int, str, str | None, bool], dict[str, Any]]
 
 

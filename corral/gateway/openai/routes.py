@@ -17,7 +17,8 @@ from corral.web.body import read_body
 from corral.gateway.errors import from_validation
 from corral.web.responses import json_response
 from corral.gateway.openai import render, translate
-from corral.gateway.pipeline import Pipeline
+from corral.core.types import Usage
+from corral.gateway.pipeline import Choices, Pipeline, collect
 from corral.gateway.router import Router
 from corral.protocol.openai import responses
 from corral.protocol.openai.requests import (
@@ -75,25 +76,30 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         req = await self._parse(request, ChatCompletionRequest)
         rid = request.scope["state"]["request_id"]
-        call = await self._pipeline.generate(translate.chat(req, rid, request.headers.get("x-session-id")), "chat")
-        return await _respond(
-            aiter(call), req, f"chatcmpl-{rid}", "chat.completion.chunk", render.chat_choice,
-            responses.chat_completion, req.n, call.target.instance_id,
-        )
+        gen = translate.chat(req, rid, request.headers.get("x-session-id"))
+        id_ = f"chatcmpl-{rid}"
+        if req.stream:
+            call = await self._pipeline.generate(gen, "chat")
+            return _stream(aiter(call), req, id_, "chat.completion.chunk", render.chat_choice, call.target.instance_id)
+        served_by, choices, usage = await self._pipeline.complete(gen, "chat")
+        return _whole(responses.chat_completion, id_, req.model, choices, usage, served_by)
 
     async def completions(self, request: Request) -> Response:
         req = await self._parse(request, CompletionRequest)
         rid = request.scope["state"]["request_id"]
-        gen_requests = translate.completions(req, rid, request.headers.get("x-session-id"))
-        if len(gen_requests) == 1:
-            call = await self._pipeline.generate(gen_requests[0], "completion")
-            stream, served_by = aiter(call), call.target.instance_id
-        else:
-            stream, served_by = await self._pipeline.generate_many(gen_requests, "completion"), "multiple"
-        return await _respond(
-            stream, req, f"cmpl-{rid}", "text_completion", render.text_choice,
-            responses.text_completion, req.n * len(gen_requests), served_by,
-        )
+        gens = translate.completions(req, rid, request.headers.get("x-session-id"))
+        id_ = f"cmpl-{rid}"
+        if len(gens) > 1:
+            stream = await self._pipeline.generate_many(gens, "completion")
+            if req.stream:
+                return _stream(stream, req, id_, "text_completion", render.text_choice, "multiple")
+            choices, usage = await collect(stream, req.n * len(gens))
+            return _whole(responses.text_completion, id_, req.model, choices, usage, "multiple")
+        if req.stream:
+            call = await self._pipeline.generate(gens[0], "completion")
+            return _stream(aiter(call), req, id_, "text_completion", render.text_choice, call.target.instance_id)
+        served_by, choices, usage = await self._pipeline.complete(gens[0], "completion")
+        return _whole(responses.text_completion, id_, req.model, choices, usage, served_by)
 
     async def embeddings(self, request: Request) -> Response:
         req = await self._parse(request, EmbeddingsRequest)
@@ -103,23 +109,17 @@ class OpenAIRoutes:
         return json_response(200, body, {INSTANCE_HEADER: served_by})
 
 
-async def _respond(
-    stream: render.Stream,
-    req: SamplingFields,
-    id_: str,
-    chunk_object: str,
-    choice: render.ChoiceDelta,
-    build: Callable[[str, int, str, list[tuple[str, str | None]], dict[str, int]], dict[str, Any]],
-    n_choices: int,
-    served_by: str,
+def _stream(
+    stream: render.Stream, req: SamplingFields, id_: str, chunk_object: str, choice: render.ChoiceDelta, served_by: str
 ) -> Response:
-    """Stream as SSE or collect into one JSON body: the same for chat and text completions."""
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        body = render.sse_stream(
-            stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage
-        )
-        return StreamingResponse(body, media_type="text/event-stream", headers={**_SSE_HEADERS, INSTANCE_HEADER: served_by})
-    choices, usage = await render.collect(stream, n_choices)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    body = render.sse_stream(stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage)
+    return StreamingResponse(body, media_type="text/event-stream", headers={**_SSE_HEADERS, INSTANCE_HEADER: served_by})
+
+
+def _whole(build: Builder, id_: str, model: str, choices: Choices, usage: Usage, served_by: str) -> Response:
     usage_body = responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
-    return json_response(200, build(id_, int(time.time()), req.model, choices, usage_body), {INSTANCE_HEADER: served_by})
+    return json_response(200, build(id_, int(time.time()), model, choices, usage_body), {INSTANCE_HEADER: served_by})
+
+
+Builder = Callable[[str, int, str, Choices, dict[str, int]], dict[str, Any]]
