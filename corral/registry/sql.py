@@ -52,6 +52,7 @@ class SqlRegistry:
     command_timeout = 10.0  # seconds for one PostgreSQL statement
     busy_timeout_ms = 5000  # SQLite: how long a writer waits for the file lock
     schema_attempts = 3  # CREATE TABLE races with other processes opening the same database
+    _max_grace = 3600.0  # after an outage, expired leases are kept at most this long (the longest ttl)
 
     def __init__(self, url: str, poll_interval: float = 0.5) -> None:
         self._url = _driver_url(url)
@@ -135,11 +136,13 @@ class SqlRegistry:
         reported_bad: set[str] = set()
         failing = False
         synced = False  # the consumer's view is complete (first poll, or first after an outage)
+        recovered_at: float | None = None
         while not self._closed:
             try:
                 now = time.time()
-                rows, expired = await self._rows(now)
-                if expired:
+                # the first poll that succeeds after an outage is already the recovery
+                rows, expired = await self._rows(now, recovered_at=now if failing else recovered_at)
+                if expired and recovered_at is None:
                     await self._purge(now)
             except Exception as exc:  # noqa: BLE001 -- an outage, or anything else: keep the last view, retry
                 if not failing:
@@ -154,6 +157,9 @@ class SqlRegistry:
                 if failing:
                     log.info("registry %s reachable again", self.safe_url)
                     failing = synced = False
+                    recovered_at = now
+                elif recovered_at is not None and now - recovered_at > self._max_grace:
+                    recovered_at = None
                 current, bad = _decode(rows)
                 for instance_id in bad - reported_bad:
                     log.warning("registry %s: skipping unreadable record %r", self.safe_url, instance_id)
@@ -197,16 +203,30 @@ class SqlRegistry:
         expires_at = self._table.c.expires_at
         return or_(expires_at.is_(None), expires_at > now)
 
-    async def _rows(self, now: float, live_only: bool = False) -> tuple[Sequence[tuple[str, str]], int]:
-        """``(instance_id, data)`` of the live rows, and how many expired rows remain."""
+    async def _rows(
+        self, now: float, live_only: bool = False, recovered_at: float | None = None
+    ) -> tuple[Sequence[tuple[str, str]], int]:
+        """``(instance_id, data)`` of the live rows, and how many expired rows remain.
+
+        After an outage (``recovered_at``) a lease that ran out while nobody could
+        refresh it gets one more lease period from the recovery: its owner needs that
+        long to notice the store is back, and dropping it first would empty every
+        gateway's view for a moment."""
         table = self._table
-        query = select(table.c.instance_id, table.c.data, table.c.expires_at).order_by(table.c.instance_id)
+        query = select(table.c.instance_id, table.c.data, table.c.expires_at, table.c.updated_at)
+        query = query.order_by(table.c.instance_id)
         if live_only:
             query = query.where(self._live(now))
         async with self._engine.connect() as conn:
             result = await conn.execute(query)
-            rows = [(row[0], row[1], row[2]) for row in result]
-        live = [(instance_id, data) for instance_id, data, expires in rows if expires is None or expires > now]
+            rows = [(row[0], row[1], row[2], row[3]) for row in result]
+
+        def alive(expires: float | None, updated: float) -> bool:
+            if expires is None or expires > now:
+                return True
+            return recovered_at is not None and now < recovered_at + (expires - updated)
+
+        live = [(instance_id, data) for instance_id, data, expires, updated in rows if alive(expires, updated)]
         return live, len(rows) - len(live)
 
     async def _purge(self, now: float) -> None:
