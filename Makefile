@@ -22,6 +22,7 @@ run: install
 	$(BIN)/corral start $(ARGS)
 
 test: install
+	./scripts/install-system-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install
