@@ -1,40 +1,78 @@
-"""Standalone mode: gateway, controller, worker and an embedded registry in one process.
+"""Standalone mode: gateway, controller (manager + admin API), worker and an embedded
+registry in one process.
 
 The gateway resolves instances to the worker's in-process engines, so a request goes
-from the HTTP handler to the engine with no network hop.
+from the HTTP handler to the engine with no network hop. The manager treats the local
+worker as its only worker, so the admin API (deploy, scale, restart, offline) works the
+same as in a cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
-from corral.controller.controller import Controller
+from corral.controller.admin import admin_routes
+from corral.controller.manager import Manager
+from corral.controller.workers import WorkerInfo
 from corral.core.registry import InstanceRecord, InstanceState
-from corral.core.spec import Settings
+from corral.core.spec import ModelSpec, Settings
+from corral.engines.catalog import installed_engines
 from corral.gateway.app import create_gateway_app
 from corral.gateway.router import Router
 from corral.registry.embedded import EmbeddedRegistry
+from corral.state.memory import MemoryStateStore
+from corral.web.middleware import ApiKeys
 from corral.worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
+class LocalWorkerClient:
+    """The manager's handle on the in-process worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def start(self, spec: ModelSpec, instance_id: str) -> None:
+        self._worker.spawn(self._worker.start_instance(spec, instance_id, managed=True), f"start {instance_id}")
+
+    async def stop(self, instance_id: str, drain_timeout: float) -> None:
+        self._worker.spawn(self._worker.drain_instance(instance_id, drain_timeout), f"drain {instance_id}")
+
+    async def set_offline(self, instance_id: str, offline: bool) -> None:
+        await self._worker.set_offline(instance_id, offline)
+
+    async def loads(self) -> dict[str, dict[str, Any]]:
+        return {i["id"]: i for i in self._worker.status()["instances"]}
+
+
 class Standalone:
-    def __init__(self, settings: Settings, on_fatal: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, on_fatal: Callable[[str], None], admin_token: str | None = None) -> None:
         self.settings = settings
         self._on_fatal = on_fatal
         self.registry = EmbeddedRegistry()
         self.worker = Worker(self.registry, worker_id="standalone")
-        self.controller = Controller(self.worker)
+        self._store = MemoryStateStore()
+        client = LocalWorkerClient(self.worker)
+        self.manager = Manager(self._store, self.registry, lambda _: client, mode="standalone")
         self.router = Router(self.registry, self._resolve)
         self._deploying: asyncio.Task[None] | None = None
-        self.app = create_gateway_app(self.router, settings.server, self.readiness, self.lifespan)
+        self.app = create_gateway_app(
+            self.router,
+            settings.server,
+            self.readiness,
+            self.lifespan,
+            extra_routes=admin_routes(self.manager),
+            extra_middleware=[Middleware(ApiKeys, keys=(admin_token,) if admin_token else (), prefix="/admin")],
+        )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
         instance = self.worker.get(record.instance_id)
@@ -43,29 +81,41 @@ class Standalone:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.router.start()
+        for spec in self.settings.models:
+            await self._store.put_model(spec)
+        self.manager.worker_seen(self.worker.worker_id, None, installed_engines(), ttl=None)
+        await self.manager.start(reconcile=False)
         self._deploying = asyncio.create_task(self._deploy(), name="deploy")
         try:
             yield
         finally:
             self._deploying.cancel()
+            await self.manager.stop()
             await self.worker.stop()
             await self.router.stop()
 
     async def _deploy(self) -> None:
-        errors = await self.controller.deploy(list(self.settings.models))
+        """The models of the config file start first (a failure stops the server); then
+        the manager takes over and keeps their replica counts."""
+        specs = list(self.settings.models)
+        started = time.monotonic()
+        errors = await self.worker.start_all(specs, managed=True)
         if errors:
             self._on_fatal("; ".join(e.message for e in errors))
-        else:
-            names = ", ".join(s.name for s in self.settings.models)
-            log.info("ready: serving %s on http://%s:%d/v1", names, self.settings.server.host, self.settings.server.port)
+            return
+        self.manager.start_reconciling()
+        names = ", ".join(s.name for s in specs)
+        log.info(
+            "ready in %.1fs: serving %s on http://%s:%d/v1",
+            time.monotonic() - started, names, self.settings.server.host, self.settings.server.port,
+        )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         models: dict[str, Any] = {}
         ok = self._deploying is not None and self._deploying.done()
-        records = self.router.models()
-        for spec in self.settings.models:
+        for name, records in sorted(self.router.models().items()):
             instances = []
-            for record in records.get(spec.name, []):
+            for record in records:
                 instance = self.worker.get(record.instance_id)
                 load = instance.engine.load() if instance is not None else None
                 instances.append(
@@ -80,7 +130,7 @@ class Standalone:
                         "last_error": record.last_error,
                     }
                 )
-            ready = any(i["state"] == InstanceState.READY.value for i in instances)
-            ok = ok and ready
-            models[spec.name] = {"ready": ready, "instances": instances}
+            models[name] = {"ready": any(i["state"] == InstanceState.READY.value for i in instances), "instances": instances}
+        for spec in self.settings.models:
+            ok = ok and models.get(spec.name, {}).get("ready", False)
         return ok, {"models": models}

@@ -55,6 +55,7 @@ def _registry_url(args: argparse.Namespace) -> str:
 def run_controller(args: argparse.Namespace) -> int:
     from corral.controller.service import ControllerService
     from corral.registry.factory import redact, registry_from_url
+    from corral.state.factory import state_from_url
 
     try:
         admin_token = secret(args.admin_token, args.admin_token_file, "CORRAL_ADMIN_TOKEN")
@@ -63,7 +64,8 @@ def run_controller(args: argparse.Namespace) -> int:
                 f"refusing to serve the admin API on {args.host} without an admin token: "
                 "pass --admin-token (or CORRAL_ADMIN_TOKEN), or bind to 127.0.0.1"
             )
-        service = ControllerService(registry_from_url(args.registry), _cluster_token(args), admin_token)
+        store = state_from_url(args.registry)
+        service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token)
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
@@ -80,10 +82,13 @@ def _worker_models(args: argparse.Namespace) -> tuple[ModelSpec, ...]:
         from corral.cli.start import single_model
 
         models = (single_model(args.model, args.name, args.kind, args.engine),)
+    elif args.controller:
+        models = ()  # a managed worker: the controller tells it what to host
     else:
-        raise ConfigError("a worker needs models: give --config worker.toml or --model PATH_OR_HUB_ID")
-    if not models:
-        raise ConfigError(f"{args.config}: declares no [[models]]")
+        raise ConfigError(
+            "a worker joining a registry directly needs models: give --config worker.toml or --model PATH_OR_HUB_ID "
+            "(or join through --controller to be managed)"
+        )
     return models
 
 

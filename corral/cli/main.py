@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer KEY' on /v1 (repeatable; also CORRAL_API_KEY)",
     )
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    start.add_argument("--admin-token", help="required on /admin (also CORRAL_ADMIN_TOKEN)")
+    start.add_argument("--admin-token-file", metavar="FILE", help="read the admin token from FILE")
 
     from corral.cli.cluster_args import add_cluster_commands
 

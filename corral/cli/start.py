@@ -79,8 +79,16 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def run_start(args: argparse.Namespace) -> int:
+    from corral.cli.cluster import is_loopback, secret
+
     try:
         settings = build_settings(args)
+        admin_token = secret(args.admin_token, args.admin_token_file, "CORRAL_ADMIN_TOKEN")
+        if not admin_token and not is_loopback(settings.server.host):
+            raise ConfigError(
+                f"refusing to serve the admin API on {settings.server.host} without an admin token: "
+                "pass --admin-token (or CORRAL_ADMIN_TOKEN), or bind to 127.0.0.1"
+            )
     except ConfigError as exc:
         print(f"corral: error: {exc.message}", file=sys.stderr)
         return 2
@@ -90,7 +98,7 @@ def run_start(args: argparse.Namespace) -> int:
     from corral.standalone import Standalone
 
     runner = Runner()
-    standalone = Standalone(settings, runner.fatal)
+    standalone = Standalone(settings, runner.fatal, admin_token)
     _announce(settings.server)
     return runner.run(standalone.app, settings.server.host, settings.server.port, settings.server.log_level)
 

@@ -22,9 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from corral.controller.admin import admin_routes
+from corral.controller.manager import Manager
 from corral.core.errors import CorralError, InvalidRequest
 from corral.core.registry import InstanceRecord, Registry, Synced, WatchItem, record_from_json, record_to_json
-from corral.gateway.errors import corral_error_handler, http_error_handler, unexpected_error_handler
+from corral.web.errors import corral_error_handler, http_error_handler, unexpected_error_handler
 from corral.web.body import read_body
 from corral.web.middleware import ApiKeys, RequestId
 from corral.web.responses import json_response
@@ -40,6 +42,7 @@ def _record_dict(record: InstanceRecord) -> object:
 
 def create_controller_app(
     registry: Registry,
+    manager: Manager,
     cluster_token: str | None,
     admin_token: str | None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
@@ -78,12 +81,16 @@ def create_controller_app(
     async def health(request: Request) -> Response:
         return json_response(200, {"status": "ok", "uptime_s": round(time.time() - started, 1)})
 
-    async def admin_models(request: Request) -> Response:
-        models: dict[str, dict[str, object]] = {}
-        for r in await registry.list():
-            entry = models.setdefault(r.model, {"kind": r.kind.value, "routing": r.routing, "instances": []})
-            entry["instances"].append(_record_dict(r))  # type: ignore[attr-defined]
-        return json_response(200, {"models": models})
+    async def worker_heartbeat(request: Request) -> Response:
+        body = orjson.loads(await read_body(request, 64 * 1024) or b"{}")
+        try:
+            ttl = float(request.query_params["ttl"])
+            address = body.get("address")
+            engines = [str(e) for e in body.get("engines", [])]
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise InvalidRequest(f"malformed worker heartbeat: {exc}") from None
+        manager.worker_seen(request.path_params["worker_id"], address, engines, ttl)
+        return json_response(200, {"ok": True})
 
     return Starlette(
         routes=[
@@ -92,8 +99,9 @@ def create_controller_app(
             Route("/cluster/v1/instances/{instance_id}", put_instance, methods=["PUT"]),
             Route("/cluster/v1/instances/{instance_id}", remove_instance, methods=["DELETE"]),
             Route("/cluster/v1/watch", watch, methods=["GET"]),
+            Route("/cluster/v1/workers/{worker_id}", worker_heartbeat, methods=["PUT"]),
             Route("/admin/v1/instances", list_instances, methods=["GET"]),
-            Route("/admin/v1/models", admin_models, methods=["GET"]),
+            *admin_routes(manager),
         ],
         middleware=[
             Middleware(RequestId),

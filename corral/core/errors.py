@@ -1,7 +1,7 @@
 """The one error hierarchy of Corral.
 
 Every layer raises these; the protocol front-ends translate them to wire errors in one
-place (``corral.gateway.errors``). ``status`` is the HTTP status a front-end should use,
+place (``corral.web.errors``). ``status`` is the HTTP status a front-end should use,
 ``code``/``param`` follow OpenAI's error object.
 """
 
@@ -44,6 +44,12 @@ class NotFound(CorralError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class Conflict(CorralError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(CorralError):

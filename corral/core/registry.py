@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from corral.core.spec import ModelKind
 
@@ -41,6 +41,7 @@ class InstanceRecord:
     routing: str = "power_of_two"  # the model's balancing policy, carried so every gateway agrees
     weight: float = 1.0  # for weighted policies
     max_concurrency: int = 0  # gateway-side limit of requests in flight to this instance; 0: none
+    managed: bool = False  # started by the controller (vs. a worker's own config file)
 
 
 def record_to_json(record: InstanceRecord) -> str:
@@ -107,3 +108,11 @@ class Registry(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WorkerDirectory(Protocol):
+    """Optional capability of a registry served by a controller: workers announce
+    themselves so the controller can place instances on them."""
+
+    async def announce_worker(self, worker_id: str, address: str | None, engines: list[str], ttl: float) -> None: ...

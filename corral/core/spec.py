@@ -33,6 +33,7 @@ class ModelSpec:
     routing: str = "power_of_two"  # balancing policy across this model's instances
     weight: float = 1.0  # this worker's instances' share under the weighted policy
     max_concurrency: int = 0  # requests in flight per instance before gateways queue; 0: no limit
+    offline: bool = False  # instances stay loaded but take no traffic
 
 
 @dataclass(frozen=True)

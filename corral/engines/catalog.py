@@ -96,3 +96,8 @@ def get_entry(name: str) -> EngineEntry:
     except KeyError:
         known = ", ".join(sorted(entries))
         raise ConfigError(f"unknown engine {name!r}; known engines: {known}", param="engine") from None
+
+
+def installed_engines() -> list[str]:
+    """Names of the engines whose optional dependencies are importable here."""
+    return sorted(name for name, entry in all_entries().items() if entry.installed())

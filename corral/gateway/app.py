@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from corral.core.errors import CorralError
 from corral.core.spec import ServerSettings
-from corral.gateway.errors import corral_error_handler, http_error_handler, unexpected_error_handler
+from corral.web.errors import corral_error_handler, http_error_handler, unexpected_error_handler
 from corral.web.responses import json_response
 from corral.web.middleware import ApiKeys, RequestId
 from corral.gateway.openai.routes import OpenAIRoutes
@@ -30,7 +30,11 @@ def create_gateway_app(
     server: ServerSettings,
     readiness: Readiness,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+    extra_routes: list[Route] | None = None,
+    extra_middleware: list[Middleware] | None = None,
 ) -> Starlette:
+    """The OpenAI API plus health; ``extra_routes`` (the standalone admin API) are served
+    by the same app, behind ``extra_middleware``."""
     openai = OpenAIRoutes(Pipeline(router), router, server.max_body_bytes)
 
     async def health(request: Request) -> Response:
@@ -41,10 +45,10 @@ def create_gateway_app(
         return json_response(200 if ok else 503, {"status": "ready" if ok else "not_ready", **detail})
 
     routes = [Route("/health", health, methods=["GET"]), Route("/health/ready", ready, methods=["GET"])]
-    routes += openai.routes()
+    routes += openai.routes() + (extra_routes or [])
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestId), Middleware(ApiKeys, keys=server.api_keys)],
+        middleware=[Middleware(RequestId), Middleware(ApiKeys, keys=server.api_keys), *(extra_middleware or [])],
         exception_handlers={
             CorralError: corral_error_handler,
             HTTPException: http_error_handler,

@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from corral.cluster import wire
+from corral.web.client import make_http_client
 from corral.core.errors import CorralError, InstanceLost, Unreachable
 from corral.core.types import (
     EmbeddingRequest,
@@ -25,15 +26,6 @@ from corral.core.types import (
     GenerationRequest,
     Usage,
 )
-
-
-def make_http_client(token: str | None, connect_timeout: float = 2.0) -> httpx.AsyncClient:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(
-        headers=headers,
-        timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
-        limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256, keepalive_expiry=30),
-    )
 
 
 class RemoteInstance:

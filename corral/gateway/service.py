@@ -13,7 +13,8 @@ from starlette.applications import Starlette
 from corral.core.registry import InstanceRecord, InstanceState, Registry
 from corral.core.spec import ServerSettings
 from corral.gateway.app import create_gateway_app
-from corral.gateway.remote import RemoteInstance, make_http_client
+from corral.gateway.remote import RemoteInstance
+from corral.web.client import make_http_client
 from corral.gateway.router import Router, RouterSettings, Target
 
 

@@ -24,12 +24,14 @@ key, so a removal carries the last record reported for that id. When anything go
 outage, waits (0.2 s doubling up to 2 s), ranges again, yields the difference against what
 it reported (puts for every live record, removals for vanished ones) and watches from the
 new revision. It ends only when closed, cancelled, or after ``close()``.
+
+The HTTP calls, endpoint failover and base64 helpers live in ``corral.registry.etcdbase``,
+shared with the etcd state store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -39,23 +41,17 @@ from typing import Any
 
 import httpx
 
-from corral.core.errors import Unavailable
 from corral.core.registry import InstanceRecord, RegistryEvent, WatchItem, record_from_json, record_to_json
+from corral.registry.etcdbase import EtcdBase, EtcdError, b64, parse_etcd_url, prefix_range, unb64
 from corral.registry.resync import Reported
+
+__all__ = ["EtcdRegistry", "parse_etcd_url"]
 
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = 5  # the gRPC status etcd answers for an unknown lease
 _BACKOFF_MIN = 0.2
 _BACKOFF_MAX = 2.0
-
-
-class _EtcdError(Unavailable):
-    """etcd answered, with an error (``code`` is the gRPC status)."""
-
-    def __init__(self, grpc_code: int, message: str) -> None:
-        super().__init__(message, code="registry_unavailable")
-        self.grpc_code = grpc_code
 
 
 class _WatchBroken(Exception):
@@ -66,60 +62,14 @@ class _Compacted(_WatchBroken):
     """The watch asked for a revision etcd has compacted away."""
 
 
-def _b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+class EtcdRegistry(EtcdBase):
+    _what = "etcd registry"
+    _error_code = "registry_unavailable"
 
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with ``prefix`` (etcd's range_end)."""
-    for i in range(len(prefix) - 1, -1, -1):
-        if prefix[i] < 0xFF:
-            return prefix[:i] + bytes([prefix[i] + 1])
-    return b"\0"  # all 0xff: to the end of the keyspace
-
-
-def parse_etcd_url(url: str) -> list[str]:
-    """``etcd://h1:p1,h2:p2`` -> ``["http://h1:p1", "http://h2:p2"]`` (port 2379 by default)."""
-    scheme, sep, rest = url.partition("://")
-    if scheme != "etcd" or not sep:
-        raise ValueError(f"not an etcd URL (etcd://host:port[,host:port...]): {url!r}")
-    endpoints = []
-    for part in rest.split(","):
-        hostport = part.strip().rstrip("/")
-        if not hostport:
-            continue
-        if ":" not in hostport.rsplit("]", 1)[-1]:
-            hostport += ":2379"
-        endpoints.append(f"http://{hostport}")
-    if not endpoints:
-        raise ValueError(f"no endpoint in etcd URL {url!r}")
-    return endpoints
-
-
-def _answer(path: str, response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise _EtcdError(-1, f"etcd answered {path} with HTTP {response.status_code} and no JSON object")
-    error = data.get("error")
-    if error is not None or response.is_error:
-        if isinstance(error, dict):  # the streaming endpoints' error shape
-            code, message = error.get("grpc_code", -1), error.get("message", error)
-        else:
-            code, message = data.get("code", -1), data.get("message") or error
-        raise _EtcdError(int(code), f"etcd refused {path}: {message} (HTTP {response.status_code})")
-    return data
-
-
-class EtcdRegistry:
     def __init__(self, url: str, prefix: str = "/corral") -> None:
-        self._endpoints = parse_etcd_url(url)
-        self._current = 0  # index of the endpoint that answered last
+        super().__init__(url)  # endpoints, failover, the httpx client
         self._base = prefix.rstrip("/") + "/instances/"
-        self._range = {"key": _b64(self._base), "range_end": _b64(_prefix_end(self._base.encode()))}
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        self._range = prefix_range(self._base)
         self._leases: dict[str, tuple[str, int]] = {}  # instance id -> (lease id, ttl in seconds)
         self._locks: dict[str, asyncio.Lock] = {}  # one lease dance at a time per instance id
         self._closed = False
@@ -129,7 +79,7 @@ class EtcdRegistry:
 
     async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
         instance_id = record.instance_id
-        kv = {"key": _b64(self._key(instance_id)), "value": _b64(record_to_json(record))}
+        kv = {"key": b64(self._key(instance_id)), "value": b64(record_to_json(record))}
         async with self._locks.setdefault(instance_id, asyncio.Lock()):
             held = self._leases.get(instance_id)
             if ttl is None:
@@ -143,7 +93,7 @@ class EtcdRegistry:
                 try:
                     await self._call("/v3/kv/put", {**kv, "lease": held[0]})
                     return
-                except _EtcdError as e:  # expired between the keepalive and the put
+                except EtcdError as e:  # expired between the keepalive and the put
                     if e.grpc_code != _NOT_FOUND:
                         raise
             lease = str((await self._call("/v3/lease/grant", {"TTL": seconds}))["ID"])
@@ -154,7 +104,7 @@ class EtcdRegistry:
 
     async def remove(self, instance_id: str) -> None:
         async with self._locks.setdefault(instance_id, asyncio.Lock()):
-            await self._call("/v3/kv/deleterange", {"key": _b64(self._key(instance_id))})
+            await self._call("/v3/kv/deleterange", {"key": b64(self._key(instance_id))})
             held = self._leases.pop(instance_id, None)
             if held is not None:
                 await self._revoke(held[0])
@@ -197,30 +147,12 @@ class EtcdRegistry:
 
     async def close(self) -> None:
         self._closed = True
-        await self._client.aclose()
+        await super().close()
 
     # --- internals -------------------------------------------------------------------------
 
     def _key(self, instance_id: str) -> str:
         return self._base + instance_id
-
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the endpoint that answered last, failing over to the others in order."""
-        failures = []
-        for step in range(len(self._endpoints)):
-            index = (self._current + step) % len(self._endpoints)
-            endpoint = self._endpoints[index]
-            try:
-                response = await self._client.post(endpoint + path, json=body)
-            except httpx.TransportError as e:
-                failures.append(f"{endpoint}: {type(e).__name__}: {e}")
-                continue
-            self._current = index
-            return _answer(path, response)
-        raise Unavailable(
-            f"etcd registry unreachable (no endpoint answered {path}): {'; '.join(failures)}",
-            code="registry_unavailable",
-        )
 
     async def _keepalive(self, lease: str) -> bool:
         """Refresh a lease; False when etcd no longer knows it."""
@@ -230,20 +162,20 @@ class EtcdRegistry:
     async def _revoke(self, lease: str) -> None:
         try:
             await self._call("/v3/lease/revoke", {"ID": lease})
-        except _EtcdError as e:
+        except EtcdError as e:
             if e.grpc_code != _NOT_FOUND:
                 raise
 
     def _decode(self, kv: dict[str, Any]) -> tuple[str, InstanceRecord | None] | None:
         """(instance id, record) for a key under the prefix; record None if unreadable."""
-        key = base64.b64decode(kv.get("key", "")).decode(errors="replace")
+        key = unb64(kv.get("key", "")).decode(errors="replace")
         if not key.startswith(self._base):
             return None
         instance_id = key[len(self._base) :]
         if "value" not in kv:  # DELETE events carry no value
             return instance_id, None
         try:
-            return instance_id, record_from_json(base64.b64decode(kv["value"]))
+            return instance_id, record_from_json(unb64(kv["value"]))
         except (ValueError, KeyError, TypeError) as e:
             log.warning("etcd registry: ignoring unreadable record at %s: %s", key, e)
             return instance_id, None

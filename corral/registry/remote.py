@@ -57,6 +57,11 @@ class RemoteRegistry:
             "PUT", f"/cluster/v1/instances/{record.instance_id}", content=record_to_json(record), params=params
         )
 
+    async def announce_worker(self, worker_id: str, address: str | None, engines: list[str], ttl: float) -> None:
+        """Tell the controller this worker is alive and what it can run (a heartbeat)."""
+        body = orjson.dumps({"address": address, "engines": engines})
+        await self._request("PUT", f"/cluster/v1/workers/{worker_id}", content=body, params={"ttl": str(ttl)})
+
     async def remove(self, instance_id: str) -> None:
         await self._request("DELETE", f"/cluster/v1/instances/{instance_id}")
 

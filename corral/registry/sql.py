@@ -20,6 +20,8 @@ Design:
   ``corral.core.errors.Unavailable`` whose message names the URL without its password.
 - SQLite runs in WAL mode so that several processes can read while one writes; writers
   wait up to ``busy_timeout`` for the file lock.
+- The URL handling, engine, schema creation and error mapping live in
+  ``corral.registry.sqlbase``, shared with the SQL state store.
 """
 
 from __future__ import annotations
@@ -27,74 +29,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Double, MetaData, Table, Text, delete, event, or_, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Column, ColumnElement, Double, MetaData, Table, Text, delete, or_, select
+from sqlalchemy.exc import DBAPIError
 
-from corral.core.errors import ConfigError, Unavailable
 from corral.core.registry import SYNCED, InstanceRecord, RegistryEvent, WatchItem, record_from_json, record_to_json
+from corral.registry.sqlbase import SqlBase
 
 log = logging.getLogger(__name__)
 
 
-class SqlRegistry:
+class SqlRegistry(SqlBase):
     """``SqlRegistry("sqlite:///path/registry.db")`` or
-    ``SqlRegistry("postgresql://user:password@host:5432/db")``; call ``open()`` first."""
+    ``SqlRegistry("postgresql://user:password@host:5432/db")``; call ``open()`` first
+    (it creates the table when missing, see ``SqlBase.open``)."""
 
-    connect_timeout = 5.0  # seconds to establish a PostgreSQL connection
-    command_timeout = 10.0  # seconds for one PostgreSQL statement
-    busy_timeout_ms = 5000  # SQLite: how long a writer waits for the file lock
-    schema_attempts = 3  # CREATE TABLE races with other processes opening the same database
+    _what = "registry"
+    _error_code = "registry_unavailable"
     _max_grace = 3600.0  # after an outage, expired leases are kept at most this long (the longest ttl)
 
     def __init__(self, url: str, poll_interval: float = 0.5) -> None:
-        self._url = _driver_url(url)
-        self._password = self._url.password or ""
-        # for messages and logs: the user's URL without the password
-        given = make_url(url)
-        self.safe_url = URL.create(
-            given.drivername, given.username, None, given.host, given.port, given.database, given.query
-        ).render_as_string(hide_password=False)
         self._poll_interval = poll_interval
         self._closed = False
-        self._metadata = MetaData()
+        metadata = MetaData()
         self._table = Table(
             "corral_instances",
-            self._metadata,
+            metadata,
             Column("instance_id", Text, primary_key=True),
             Column("model", Text, nullable=False),
             Column("data", Text, nullable=False),
             Column("expires_at", Double, nullable=True),
             Column("updated_at", Double, nullable=False),
         )
-        self._engine = self._create_engine()
-
-    @property
-    def dialect(self) -> str:
-        return self._engine.dialect.name  # "sqlite" or "postgresql"
-
-    async def open(self) -> None:
-        """Create the table if missing; harmless when it exists or another process creates it now."""
-        with self._unavailable("create the schema"):
-            for attempt in range(1, self.schema_attempts + 1):
-                try:
-                    async with self._engine.begin() as conn:
-                        await conn.run_sync(self._metadata.create_all, checkfirst=True)
-                    return
-                except DBAPIError:
-                    # Another process created the table between our check and our CREATE
-                    # (PostgreSQL: duplicate table or pg_type unique violation; SQLite:
-                    # "already exists"): the next checkfirst sees it.
-                    if attempt == self.schema_attempts:
-                        raise
-                    await asyncio.sleep(0.05 * attempt)
+        super().__init__(url, metadata)  # ConfigError for an unsupported URL; no I/O
 
     async def put(self, record: InstanceRecord, ttl: float | None = None) -> None:
         now = time.time()
@@ -105,12 +74,7 @@ class SqlRegistry:
             "expires_at": None if ttl is None else now + ttl,
             "updated_at": now,
         }
-        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
-        statement = insert(self._table).values(**values)
-        statement = statement.on_conflict_do_update(
-            index_elements=[self._table.c.instance_id],
-            set_={name: statement.excluded[name] for name in values if name != "instance_id"},
-        )
+        statement = self._upsert(self._table, self._table.c.instance_id, values)
         with self._unavailable("put a record"):
             async with self._engine.begin() as conn:
                 await conn.execute(statement)
@@ -176,28 +140,9 @@ class SqlRegistry:
     async def close(self) -> None:
         """Dispose of the connection pool; running watchers end after their current interval."""
         self._closed = True
-        await self._engine.dispose()
+        await super().close()
 
     # -- internals --
-
-    def _create_engine(self) -> AsyncEngine:
-        if self._url.drivername.startswith("postgresql"):
-            return create_async_engine(
-                self._url,
-                pool_pre_ping=True,  # replace connections a server restart has closed
-                connect_args={"timeout": self.connect_timeout, "command_timeout": self.command_timeout},
-            )
-        engine = create_async_engine(self._url)
-        busy_timeout_ms = self.busy_timeout_ms
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            cursor.close()
-
-        return engine
 
     def _live(self, now: float) -> ColumnElement[bool]:
         expires_at = self._table.c.expires_at
@@ -238,37 +183,6 @@ class SqlRegistry:
                 await conn.execute(delete(self._table).where(expired))
         except DBAPIError as exc:
             log.debug("registry %s: purge of expired leases failed: %s", self.safe_url, self._describe(exc))
-
-    @contextmanager
-    def _unavailable(self, action: str) -> Iterator[None]:
-        """Database and network failures become ``Unavailable`` (without the password)."""
-        try:
-            yield
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            message = f"registry database {self.safe_url} unavailable: could not {action}: {self._describe(exc)}"
-            raise Unavailable(message, code="registry_unavailable") from exc
-
-    def _describe(self, exc: BaseException) -> str:
-        original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        text = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return f"{type(original).__name__}: {text}"
-
-
-def _driver_url(url: str) -> URL:
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"invalid registry URL: {exc}") from None
-    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
-    drivers.update({name: name for name in drivers.values()})  # driver URLs are accepted as they are
-    driver = drivers.get(parsed.drivername)
-    if driver is None:
-        raise ConfigError(
-            f"unsupported registry URL scheme {parsed.drivername!r}: use sqlite:///path or postgresql://user@host/db"
-        )
-    return parsed.set(drivername=driver)
 
 
 def _decode(rows: Sequence[tuple[str, str]]) -> tuple[dict[str, tuple[str, InstanceRecord]], set[str]]:

@@ -28,6 +28,7 @@ class Instance:
     state: InstanceState = InstanceState.STARTING
     started_at: float = field(default_factory=time.time)
     last_error: str | None = None
+    managed: bool = False
 
     def set_state(self, state: InstanceState, error: str | None = None) -> None:
         self.state = state
@@ -48,4 +49,5 @@ class Instance:
             routing=self.spec.routing,
             weight=self.spec.weight,
             max_concurrency=self.spec.max_concurrency,
+            managed=self.managed,
         )

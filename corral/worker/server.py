@@ -23,7 +23,9 @@ from starlette.routing import Route
 
 from corral.cluster import wire
 from corral.core.engine import Embedding, TextGeneration
-from corral.core.errors import CorralError, EngineError, InvalidRequest, Unavailable
+from corral.core.errors import CorralError, EngineError, EngineNotInstalled, InvalidRequest, Unavailable
+from corral.core.state import spec_from_json
+from corral.engines.catalog import get_entry
 from corral.core.registry import InstanceState
 from corral.web.body import read_body
 from corral.web.responses import json_response
@@ -63,6 +65,34 @@ def create_worker_app(
             result = await instance.engine.embed(req)  # type: ignore[attr-defined]
         return json_response(200, {"v": result.vectors, "u": [result.usage.prompt_tokens, 0]})
 
+    async def start_instance(request: Request) -> Response:
+        body = orjson.loads(await read_body(request, 1024 * 1024) or b"{}")
+        try:
+            spec = spec_from_json(orjson.dumps(body["spec"]))
+            instance_id = str(body["instance_id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequest(f"malformed start request: {exc}") from None
+        entry = get_entry(spec.engine)  # an unknown engine fails now, not in the background
+        if not entry.installed():
+            raise EngineNotInstalled(f"worker {worker.worker_id} cannot run engine {spec.engine!r}: {entry.install_hint()}")
+        if worker.get(instance_id) is None:
+            worker.spawn(worker.start_instance(spec, instance_id, managed=True), f"start {instance_id}")
+        return json_response(202, {"instance_id": instance_id})
+
+    async def stop_instance(request: Request) -> Response:
+        instance_id = request.path_params["instance_id"]
+        timeout = float(request.query_params.get("drain_timeout", "30"))
+        worker.spawn(worker.drain_instance(instance_id, timeout), f"drain {instance_id}")
+        return json_response(202, {"instance_id": instance_id})
+
+    async def offline(request: Request) -> Response:
+        instance = await worker.set_offline(request.path_params["instance_id"], True)
+        return json_response(200, {"instance_id": instance.instance_id, "state": instance.state.value})
+
+    async def online(request: Request) -> Response:
+        instance = await worker.set_offline(request.path_params["instance_id"], False)
+        return json_response(200, {"instance_id": instance.instance_id, "state": instance.state.value})
+
     async def health(request: Request) -> Response:
         return json_response(200, {"status": "ok", "worker_id": worker.worker_id})
 
@@ -83,6 +113,10 @@ def create_worker_app(
             Route("/internal/v1/status", status, methods=["GET"]),
             Route("/internal/v1/instances/{instance_id}/generate", generate, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}/embed", embed, methods=["POST"]),
+            Route("/internal/v1/instances", start_instance, methods=["POST"]),
+            Route("/internal/v1/instances/{instance_id}", stop_instance, methods=["DELETE"]),
+            Route("/internal/v1/instances/{instance_id}/offline", offline, methods=["POST"]),
+            Route("/internal/v1/instances/{instance_id}/online", online, methods=["POST"]),
         ],
         middleware=[Middleware(RequestId), Middleware(ApiKeys, keys=(token,) if token else (), prefix="/internal")],
         exception_handlers={CorralError: corral_error, HTTPException: http_error},

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from corral.controller.controller import Controller
 from corral.core.registry import Registry
 from corral.core.spec import ModelSpec
 from corral.worker.server import create_worker_app
@@ -56,7 +55,7 @@ class WorkerService:
                 await self._registry.close()
 
     async def _deploy(self) -> None:
-        errors = await Controller(self.worker).deploy(list(self._models))
+        errors = await self.worker.start_all(list(self._models))
         if errors:
             self._on_fatal("; ".join(e.message for e in errors))
         else:

@@ -14,13 +14,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from corral.core.errors import CorralError
-from corral.core.registry import InstanceRecord, InstanceState, Registry
+from corral.core.errors import CorralError, NotFound
+from corral.core.registry import InstanceRecord, InstanceState, Registry, WorkerDirectory
 from corral.core.spec import ModelSpec
-from corral.engines.catalog import get_entry
+from corral.engines.catalog import get_entry, installed_engines
 from corral.worker.instance import Instance
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,19 @@ class Worker:
         self._active: dict[str, int] = {}  # requests being served, per instance
         self._idle = asyncio.Event()
         self._idle.set()
+        self._background: set[asyncio.Task[object]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+        """Run a management action (start, drain) after the API call has answered."""
+        task: asyncio.Task[object] = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[object]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("%s failed: %s", name, t.exception())
+
+        task.add_done_callback(done)
 
     def get(self, instance_id: str) -> Instance | None:
         return self._instances.get(instance_id)
@@ -55,11 +68,12 @@ class Worker:
     async def _publish(self, instance: Instance) -> None:
         await self._registry.put(self._record(instance), ttl=self._lease_ttl)
 
-    async def start_instance(self, spec: ModelSpec) -> Instance:
+    async def start_instance(self, spec: ModelSpec, instance_id: str | None = None, managed: bool = False) -> Instance:
         """Create and start one instance of ``spec``. On failure the instance stays
         registered as FAILED with its error, and the error is raised."""
         engine = get_entry(spec.engine).create(spec)
-        instance = Instance(f"{spec.name}-{uuid.uuid4().hex[:8]}", spec, engine, self.worker_id)
+        instance_id = instance_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        instance = Instance(instance_id, spec, engine, self.worker_id, managed=managed)
         self._instances[instance.instance_id] = instance
         await self._publish(instance)
         started = time.monotonic()
@@ -79,9 +93,47 @@ class Worker:
             "model %s ready (instance %s, engine %s, %.1fs)",
             spec.name, instance.instance_id, spec.engine, time.monotonic() - started,
         )
-        instance.set_state(InstanceState.READY)
+        instance.set_state(InstanceState.OFFLINE if spec.offline else InstanceState.READY)
         await self._publish(instance)
         return instance
+
+    async def start_all(self, specs: list[ModelSpec], managed: bool = False) -> list[CorralError]:
+        """Start every replica of every spec concurrently; the errors of those that failed."""
+        jobs = [self.start_instance(spec, managed=managed) for spec in specs for _ in range(spec.replicas)]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors: list[CorralError] = []
+        for result in results:
+            if isinstance(result, CorralError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                errors.append(CorralError(f"{type(result).__name__}: {result}"))
+        return errors
+
+    async def set_offline(self, instance_id: str, offline: bool) -> Instance:
+        """Offline: loaded, but gateways send it nothing. Only ready/offline instances switch."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            raise NotFound(f"no instance {instance_id!r} on this worker")
+        if instance.state in (InstanceState.READY, InstanceState.OFFLINE):
+            instance.set_state(InstanceState.OFFLINE if offline else InstanceState.READY)
+            await self._publish(instance)
+        return instance
+
+    async def drain_instance(self, instance_id: str, timeout: float, grace: float = 1.0) -> None:
+        """Take one instance out of rotation, let its requests finish (at most
+        ``timeout``), then stop it."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            return
+        if instance.state is not InstanceState.FAILED:
+            instance.set_state(InstanceState.DRAINING)
+            with contextlib.suppress(CorralError):
+                await self._publish(instance)
+            await asyncio.sleep(grace)  # gateways' views catch up before we wait for idleness
+            deadline = time.monotonic() + timeout
+            while self._active.get(instance_id, 0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        await self.stop_instance(instance_id)
 
     async def stop_instance(self, instance_id: str) -> None:
         instance = self._instances.pop(instance_id, None)
@@ -99,17 +151,23 @@ class Worker:
                 await self._registry.remove(instance_id)
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await asyncio.gather(*(self.stop_instance(i) for i in list(self._instances)), return_exceptions=True)
 
     # -- cluster membership -------------------------------------------------------------
 
     async def keep_registered(self) -> None:
-        """Refresh every instance's lease at a third of its ttl, forever."""
+        """Refresh every instance's lease at a third of its ttl, forever; a worker that
+        joined through a controller also tells it that it is alive (``announce_worker``)."""
         assert self._lease_ttl is not None
+        directory = self._registry if isinstance(self._registry, WorkerDirectory) else None
+        engines = installed_engines()
         down = False
         while True:
-            await asyncio.sleep(self._lease_ttl / 3)
             try:
+                if directory is not None:
+                    await directory.announce_worker(self.worker_id, self.address, engines, self._lease_ttl)
                 for instance in list(self._instances.values()):
                     await self._publish(instance)
                 if down:
@@ -119,6 +177,7 @@ class Worker:
                 if not down:
                     log.warning("cannot refresh registration (will retry): %s", exc.message)
                 down = True
+            await asyncio.sleep(self._lease_ttl / 3)
 
     @contextlib.contextmanager
     def track(self, instance: Instance) -> Iterator[None]:
@@ -164,6 +223,7 @@ class Worker:
                     "cancelled_total": load.cancelled_total,
                     "requests_active": self._active.get(instance.instance_id, 0),
                     "last_error": instance.last_error,
+                    "managed": instance.managed,
                 }
             )
-        return {"worker_id": self.worker_id, "address": self.address, "instances": out}
+        return {"worker_id": self.worker_id, "address": self.address, "engines": installed_engines(), "instances": out}

@@ -10,7 +10,7 @@ from typing import Any
 
 from corral.core.errors import CorralError, EngineError
 from corral.core.types import GenerationChunk, GenerationEnd, Usage
-from corral.gateway.errors import error_event
+from corral.web.errors import error_event
 from corral.protocol.openai import responses
 from corral.protocol.openai.responses import SSE_DONE, sse
 

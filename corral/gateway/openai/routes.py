@@ -14,7 +14,7 @@ from starlette.routing import Route
 from corral.core.errors import ModelNotFound
 from corral.core.registry import InstanceState
 from corral.web.body import read_body
-from corral.gateway.errors import from_validation
+from corral.web.errors import from_validation
 from corral.web.responses import json_response
 from corral.gateway.openai import render, translate
 from corral.core.types import Usage

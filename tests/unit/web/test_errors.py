@@ -14,7 +14,7 @@ from corral.core.errors import (
     Overloaded,
     Unavailable,
 )
-from corral.gateway.errors import error_event, error_response, from_validation
+from corral.web.errors import error_event, error_response, from_validation
 from corral.protocol.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
 
 MSGS = '"messages":[{"role":"user","content":"hi"}]'

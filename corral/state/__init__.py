@@ -1,0 +1,1 @@
+"""Desired-state stores (see ``corral.core.state``)."""

@@ -1,0 +1,36 @@
+"""Desired state in the controller's memory: lost when it stops (standalone mode, or a
+controller started without a persistent --registry)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from corral.core.spec import ModelSpec
+from corral.core.state import AuditEvent
+
+
+class MemoryStateStore:
+    def __init__(self, audit_limit: int = 10_000) -> None:
+        self._models: dict[str, ModelSpec] = {}
+        self._audit: deque[AuditEvent] = deque(maxlen=audit_limit)
+
+    async def open(self) -> None:
+        """Nothing to prepare."""
+
+    async def list_models(self) -> list[ModelSpec]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    async def put_model(self, spec: ModelSpec) -> None:
+        self._models[spec.name] = spec
+
+    async def delete_model(self, name: str) -> None:
+        self._models.pop(name, None)
+
+    async def append_audit(self, event: AuditEvent) -> None:
+        self._audit.append(event)
+
+    async def audit(self, limit: int = 100) -> list[AuditEvent]:
+        return list(reversed(self._audit))[:limit]
+
+    async def close(self) -> None:
+        """Nothing to release."""

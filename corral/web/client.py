@@ -1,0 +1,14 @@
+"""The pooled keep-alive HTTP client every Corral process uses to call another one."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def make_http_client(token: str | None, connect_timeout: float = 2.0) -> httpx.AsyncClient:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(
+        headers=headers,
+        timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
+        limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256, keepalive_expiry=30),
+    )
