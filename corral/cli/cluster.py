@@ -64,13 +64,14 @@ def run_controller(args: argparse.Namespace) -> int:
                 f"refusing to serve the admin API on {args.host} without an admin token: "
                 "pass --admin-token (or CORRAL_ADMIN_TOKEN), or bind to 127.0.0.1"
             )
+        _require_cluster_token(_cluster_token(args), args.host, "cluster API")
         store = state_from_url(args.registry)
         service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token)
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
     log.info("controller on http://%s:%d, registry %s", args.host, args.port, redact(args.registry or "memory://"))
-    return Runner().run(service.app, args.host, args.port, args.log_level)
+    return Runner().run(service.app, args.host, args.port, args.log_level, before_exit=service.shutdown)
 
 
 def _worker_models(args: argparse.Namespace) -> tuple[ModelSpec, ...]:
@@ -99,6 +100,7 @@ def run_worker(args: argparse.Namespace) -> int:
     runner = Runner()
     try:
         token = _cluster_token(args)
+        _require_cluster_token(token, args.host, "worker API")
         models = _worker_models(args)
         advertise = (args.advertise_address or f"http://{_reachable_host(args.host)}:{args.port}").rstrip("/")
         if not advertise.startswith(("http://", "https://")):
@@ -121,7 +123,17 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _reachable_host(host: str) -> str:
-    return socket.gethostname() if host in ("0.0.0.0", "::") else host
+    if host in ("0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host  # an IPv6 literal in a URL needs brackets
+
+
+def _require_cluster_token(token: str | None, host: str, what: str) -> None:
+    if not token and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve the {what} on {host} without a cluster token: pass --cluster-token "
+            "(or --cluster-token-file, or CORRAL_CLUSTER_TOKEN), or bind to 127.0.0.1"
+        )
 
 
 def run_gateway(args: argparse.Namespace) -> int:

@@ -46,8 +46,12 @@ def create_controller_app(
     cluster_token: str | None,
     admin_token: str | None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+    closing: asyncio.Event | None = None,
 ) -> Starlette:
+    """``closing`` set ends every watch stream, so gateways keep their views and
+    reconnect (to this controller restarted, or another one) instead of waiting."""
     started = time.time()
+    closing = closing or asyncio.Event()
 
     async def put_instance(request: Request) -> Response:
         body = await read_body(request, 1024 * 1024)
@@ -76,7 +80,7 @@ def create_controller_app(
         return json_response(200, {"instances": [_record_dict(r) for r in records]})
 
     async def watch(request: Request) -> Response:
-        return StreamingResponse(_watch_lines(registry), media_type="application/x-ndjson")
+        return StreamingResponse(_watch_lines(registry, closing), media_type="application/x-ndjson")
 
     async def health(request: Request) -> Response:
         return json_response(200, {"status": "ok", "uptime_s": round(time.time() - started, 1)})
@@ -117,16 +121,19 @@ def create_controller_app(
     )
 
 
-async def _watch_lines(registry: Registry) -> AsyncIterator[bytes]:
+async def _watch_lines(registry: Registry, closing: asyncio.Event) -> AsyncIterator[bytes]:
     """The registry's watch as NDJSON (``put``, ``removed``, ``synced`` lines), with a
     keep-alive line when idle so clients notice a dead connection within seconds."""
     events = registry.watch()
     pending: asyncio.Task[WatchItem] | None = None
+    closed = asyncio.ensure_future(closing.wait())
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            done, _ = await asyncio.wait({pending, closed}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            if closed in done:
+                return
             if not done:
                 yield b"{}\n"
                 continue
@@ -137,6 +144,7 @@ async def _watch_lines(registry: Registry) -> AsyncIterator[bytes]:
             else:
                 yield orjson.dumps({"removed" if event.removed else "put": _record_dict(event.record)}) + b"\n"
     finally:
+        closed.cancel()
         if pending is not None:
             pending.cancel()
         await events.aclose()  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ places instances on workers, and the admin API."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,7 +26,14 @@ class ControllerService:
         self._store = store
         self._http = make_http_client(cluster_token)
         self.manager = Manager(store, registry, self._client_for, mode="cluster")
-        self.app = create_controller_app(registry, self.manager, cluster_token, admin_token, self.lifespan)
+        self._closing = asyncio.Event()
+        self.app = create_controller_app(
+            registry, self.manager, cluster_token, admin_token, self.lifespan, self._closing
+        )
+
+    async def shutdown(self) -> None:
+        """First step of a stop: end watch streams so uvicorn need not wait for them."""
+        self._closing.set()
 
     def _client_for(self, worker: WorkerInfo) -> RemoteWorkerClient:
         assert worker.address is not None

@@ -134,6 +134,8 @@ class Router:
         """(routable now, ready but at their concurrency limit)."""
         targets = self._by_model.get(model)
         if targets is None:
+            if model in self._kinds:  # it had instances: they are gone for now (restarting, lease lost)
+                raise Unavailable(f"model {model!r} has no instance right now; retry shortly")
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         kind = self._kinds[model]
         if capability not in KIND_SERVES[kind]:

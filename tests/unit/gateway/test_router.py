@@ -216,9 +216,11 @@ async def test_removed_instance_is_no_longer_chosen(registry: EmbeddedRegistry, 
     assert {(await pick(router)).record.instance_id for _ in range(6)} == {"b"}
     await registry.remove("b")
     await settle()
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(Unavailable):  # it existed: a retryable 503, not "no such model"
         await router.acquire("llm", "chat")
     assert router.models() == {}
+    with pytest.raises(ModelNotFound):
+        await router.acquire("never-existed", "chat")
 
 
 async def test_in_flight_and_client_survive_record_updates(registry: EmbeddedRegistry, make_router) -> None:
