@@ -122,15 +122,81 @@ def resolve_token(value: str | None, env: str = "CORRAL_ADMIN_TOKEN") -> str | N
 def check_deploy(args: argparse.Namespace) -> None:
     """Raise ``UsageError`` unless the deploy arguments name a spec one way or the other."""
     if args.file:
-        clashing = [flag for flag, value in (("--engine", args.engine), ("--source", args.source),
-                                              ("--kind", args.kind), ("--option", args.options)) if value]
+        flags = (("--engine", args.engine), ("--source", args.source), ("--kind", args.kind), ("--option", args.options))
+        clashing = [flag for flag, value in flags if value]
         if clashing:
             raise UsageError(f"--file declares the model; do not combine it with {', '.join(clashing)}")
         return
-    missing = [what for what, value in (("NAME", args.name), ("--engine", args.engine), ("--source", args.source))
-               if not value]
+    needed = (("NAME", args.name), ("--engine", args.engine), ("--source", args.source))
+    missing = [what for what, value in needed if not value]
     if missing:
         raise UsageError(f"model deploy needs {', '.join(missing)} (or --file spec.toml)")
+
+
+def default_kind(engine: str) -> str:
+    """The kind an engine serves when it serves only one, else ``llm``."""
+    try:
+        from corral.engines.catalog import get_entry
+
+        kinds = get_entry(engine).kinds
+        return next(iter(kinds)).value if len(kinds) == 1 else "llm"
+    except Exception:  # an engine only the server knows: let the server decide
+        return "llm"
+
+
+def spec_from_file(file: str, name: str | None) -> dict[str, Any]:
+    """The ``[[models]]`` table of ``file`` (the one named ``name`` when there are several),
+    checked with the config loader unless the engine is unknown here (the server may know it)."""
+    import tomllib
+    from pathlib import Path
+
+    from corral.config.loader import load_settings
+    from corral.core.errors import ConfigError
+
+    try:
+        data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{file}: invalid TOML: {exc}") from None
+    raw = data.get("models")
+    tables = [t for t in raw if isinstance(t, dict)] if isinstance(raw, list) else []
+    if not tables:
+        raise UsageError(f"{file}: declares no [[models]] table")
+    names = [str(t.get("name")) for t in tables]
+    if name is not None:
+        if name not in names:
+            raise UsageError(f"{file}: no [[models]] table named {name!r} (it has: {', '.join(names)})")
+        table = tables[names.index(name)]
+    elif len(tables) > 1:
+        raise UsageError(f"{file}: declares {len(tables)} models ({', '.join(names)}); "
+                         f"pick one: corral model deploy NAME --file {file}")
+    else:
+        table = tables[0]
+    try:
+        load_settings(Path(file))
+    except ConfigError as exc:
+        if not (exc.param or "").endswith(".engine"):  # an engine unknown here may be known to the server
+            raise UsageError(exc.message) from None
+    return dict(table)
+
+
+def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The body of ``POST /admin/v1/models`` from ``model deploy`` arguments (flags override the file)."""
+    check_deploy(args)
+    if args.file:
+        spec = spec_from_file(args.file, args.name)
+    else:
+        spec = {"name": args.name, "kind": args.kind or default_kind(args.engine), "engine": args.engine,
+                "source": args.source}
+        options = parse_options(args.options)
+        if options:
+            spec["options"] = options
+    if args.replicas is not None:
+        spec["replicas"] = args.replicas
+    if args.routing is not None:
+        spec["routing"] = args.routing
+    return spec
 
 
 # ---------------------------------------------------------------------------- parsers

@@ -5,14 +5,16 @@ right-aligns numbers (a column whose non-empty cells are all ``int``/``float``; 
 with ``align``), cuts cells longer than ``max_cell`` with ``...`` and, given ``width``,
 shrinks the widest columns until the table fits. ``None`` renders as an empty cell;
 newlines and other control characters become spaces. Wide (CJK) characters count as two
-columns. Also here: small cell formatters shared by the commands (durations, ages).
+columns. Also here: small cell formatters shared by the commands (durations, ages, times).
 """
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
-from typing import Literal
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 Cell = str | int | float | None
 Align = Literal["l", "r"]
@@ -143,3 +145,31 @@ def format_ago(seconds: float | None) -> str:
     if seconds < 10:
         return f"{seconds:.1f}s ago"
     return f"{format_duration(seconds)} ago"
+
+
+def format_time(value: Any) -> str:
+    """An audit time (epoch seconds or ISO 8601; naive means UTC) as local ISO time to the second."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    else:
+        return "" if value is None else str(value)
+    return moment.astimezone().replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def format_detail(detail: Any) -> str:
+    """An audit detail on one line: a mapping as ``key=value`` pairs (non-strings as JSON)."""
+    if detail is None:
+        return ""
+    if isinstance(detail, dict):
+        return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in detail.items())
+    return detail if isinstance(detail, str) else json.dumps(detail)

@@ -38,8 +38,10 @@ class Cluster:
         self.logs = logs
         self.processes: list[Server] = []
 
-    def controller(self, registry: str | None = None, admin_token: str | None = ADMIN_TOKEN) -> Server:
-        port = free_port()
+    def controller(
+        self, registry: str | None = None, admin_token: str | None = ADMIN_TOKEN, port: int | None = None
+    ) -> Server:
+        port = port or free_port()
         args = ["controller", "--port", str(port), "--cluster-token", CLUSTER_TOKEN]
         args += ["--registry", registry] if registry else []
         args += ["--admin-token", admin_token] if admin_token else []
@@ -50,7 +52,7 @@ class Cluster:
     def worker(
         self,
         join: list[str],
-        config: Path,
+        config: Path | None,
         token: str = CLUSTER_TOKEN,
         port: int | None = None,
         wait: bool = True,
@@ -58,7 +60,8 @@ class Cluster:
     ) -> Server:
         """``join`` is ["--controller", URL] or ["--registry", URL]."""
         port = port or free_port()
-        args = ["worker", *join, "--config", str(config), "--port", str(port), "--cluster-token", token]
+        args = ["worker", *join, "--port", str(port), "--cluster-token", token]
+        args += ["--config", str(config)] if config is not None else []
         args += ["--lease-ttl", "3", *(extra or [])]
         server = launch(args, self.home, self.logs, port)
         self.processes.append(server)
@@ -107,3 +110,60 @@ def worker_status(worker: Server) -> dict[str, Any]:
         f"{worker.url}/internal/v1/status", headers={"authorization": f"Bearer {CLUSTER_TOKEN}"}, timeout=5
     )
     return resp.json()  # type: ignore[no-any-return]
+
+
+class Load:
+    """Steady non-streaming chat traffic from background threads; ``stop`` returns the
+    status codes seen."""
+
+    def __init__(self, url: str, model: str, threads: int = 2, headers: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.statuses: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._url, self._model, self._headers = url, model, headers or {}
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        import time
+
+        with httpx.Client(timeout=60, headers=self._headers) as client:
+            while not self._stop.is_set():
+                body = {"model": self._model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+                resp = client.post(f"{self._url}/v1/chat/completions", json=body)
+                self.statuses.append(resp.status_code)
+                if resp.status_code != 200:
+                    self.errors.append(resp.text[:300])
+                time.sleep(0.005)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return self.statuses
+
+
+def admin(url: str, token: str | None = ADMIN_TOKEN) -> httpx.Client:
+    headers = {"x-corral-actor": "tester"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=f"{url}/admin/v1", headers=headers, timeout=30)
+
+
+def wait_model(client: httpx.Client, name: str, check: Any, timeout: float = 120) -> dict[str, Any]:
+    """Poll GET /models/NAME until ``check(model)`` holds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    model: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        resp = client.get(f"/models/{name}")
+        if resp.status_code == 200:
+            model = resp.json()["model"]
+            if check(model):
+                return model
+        time.sleep(0.1)
+    raise AssertionError(f"{name} never satisfied the check; last: {model}")
