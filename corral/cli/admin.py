@@ -16,14 +16,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 from urllib.parse import quote
 
 import httpx
 
 from corral import __version__
 from corral.cli.admin_args import UsageError, build_spec, resolve_address, resolve_token
-from corral.cli.table import format_ago, format_detail, format_duration, format_time, render_table
+from corral.cli.table import Align, format_ago, format_detail, format_duration, format_time, render_table
 
 POLL_S = 0.5
 Json = dict[str, Any]
@@ -113,9 +113,11 @@ def _emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+def _table(headers: list[str], rows: list[list[Any]], align: str, shrink: str | None = None) -> str:
+    """Fit a terminal by cutting only the ``shrink`` column (free text), never names or ids."""
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    return render_table(headers, rows, align=list(align) if align else None, width=width)  # type: ignore[arg-type]
+    cut = [headers.index(shrink)] if shrink else []
+    return render_table(headers, rows, align=[cast(Align, a) for a in align], width=width, shrink=cut)
 
 
 def _models_table(models: list[Json]) -> str:
@@ -129,13 +131,13 @@ def _instances_table(models: list[Json]) -> str:
              i.get("in_flight", 0), format_duration(i.get("uptime_s")), i.get("last_error") or ""]
             for m in models for i in m.get("instances") or []]
     headers = ["MODEL", "ID", "WORKER", "ADDRESS", "STATE", "IN-FLIGHT", "UPTIME", "LAST ERROR"]
-    return _table(headers, rows, "lllllrrl") if rows else "no instances"
+    return _table(headers, rows, "lllllrrl", "LAST ERROR") if rows else "no instances"
 
 
 def _workers_table(workers: list[Json]) -> str:
     rows = [[w.get("id"), w.get("address"), ",".join(w.get("engines") or []) or "-", w.get("instances", 0),
              format_ago(w.get("last_seen_s"))] for w in workers]
-    return _table(["ID", "ADDRESS", "ENGINES", "INSTANCES", "LAST SEEN"], rows, "lllrr")
+    return _table(["ID", "ADDRESS", "ENGINES", "INSTANCES", "LAST SEEN"], rows, "lllrr", "ENGINES")
 
 
 def _plural(n: int, word: str) -> str:
@@ -215,14 +217,12 @@ def wait_for(client: AdminClient, model: Json, done: Callable[[Json], bool], tar
             failed = [i for i in model.get("instances") or []
                       if i.get("state") == "failed" and i.get("id") not in failed_before]
             if failed:
-                progress.end()
                 error = failed[0].get("last_error") or "no error recorded"
                 raise CliError(f"{name}: instance {failed[0].get('id')} failed: {error}", hint=hint)
             progress.show(progress_line(model, target), f" [{elapsed:.0f}s]")
             if wait_timeout is not None and elapsed >= wait_timeout:
-                progress.end()
                 raise CliError(f"{name}: gave up waiting after {wait_timeout:g}s ({progress_line(model, target)})",
-                               hint=f"the change goes on; follow it with `corral model list --instances`")
+                               hint="the change goes on; follow it with `corral model list --instances`")
             time.sleep(POLL_S)
             model = client.get(_path("models", name))["model"]
     finally:
@@ -355,7 +355,7 @@ def cmd_audit(args: argparse.Namespace, client: AdminClient) -> int:
     events = data["events"]
     rows = [[format_time(e.get("time")), e.get("actor") or "-", e.get("action"), e.get("target"),
              format_detail(e.get("detail"))] for e in events]
-    print(_table(["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"], rows, "lllll") if rows else "no events")
+    print(_table(["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"], rows, "lllll", "DETAIL") if rows else "no events")
     return 0
 
 
@@ -382,7 +382,11 @@ def run_admin(args: argparse.Namespace) -> int:
     except UsageError as exc:
         _fail(str(exc))
         return 2
-    client = AdminClient(address, resolve_token(args.token), args.timeout)
+    try:
+        client = AdminClient(address, resolve_token(args.token), args.timeout)
+    except httpx.InvalidURL as exc:
+        _fail(f"invalid address {address!r}: {exc}")
+        return 2
     try:
         return handler(args, client)
     except UsageError as exc:

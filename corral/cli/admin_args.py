@@ -103,9 +103,17 @@ def normalize_address(address: str) -> str:
         raise UsageError("the address is empty (set --address or CORRAL_ADDRESS)")
     if "://" not in address:
         address = f"http://{address}"
-    scheme = address.split("://", 1)[0].lower()
-    if scheme not in ("http", "https"):
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise UsageError(f"address {address!r}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
         raise UsageError(f"address {address!r}: only http:// and https:// are supported")
+    if not parts.hostname or any(c.isspace() for c in parts.netloc):
+        raise UsageError(f"address {address!r}: no valid host name")
     return address
 
 
@@ -241,8 +249,9 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--engine", help="e.g. transformers, sentence-transformers")
     p.add_argument("--source", help="local path, hub id, demo:tiny-llama or package:MODULE (a path on the worker)")
     p.add_argument("--kind", choices=["llm", "embedding"], help="default: what the engine serves, else llm")
-    p.add_argument("--replicas", type=_positive, help="instances to run (default 1)")
-    p.add_argument("--routing", choices=ROUTING_POLICIES, help="balancing policy (default power_of_two)")
+    p.add_argument("--replicas", type=_positive, metavar="N", help="instances to run (default 1)")
+    p.add_argument("--routing", choices=ROUTING_POLICIES, metavar="POLICY",
+                   help=f"balancing policy: {', '.join(ROUTING_POLICIES)} (default power_of_two)")
     p.add_argument("--option", "-o", action="append", dest="options", type=_option_arg, metavar="KEY=VALUE",
                    help="engine option, repeatable; VALUE is JSON when it parses (16, true, [1,2]), else text")
     _waiting(p, "the replicas are ready")

@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     from corral.cli.cluster_args import add_cluster_commands
 
     add_cluster_commands(sub)
+
+    from corral.cli.admin_args import add_admin_commands
+
+    add_admin_commands(sub)
     return parser
 
 
@@ -54,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli import cluster
 
         return int(getattr(cluster, f"run_{args.command}")(args))
+    if args.command in ("model", "status", "audit"):
+        from corral.cli.admin import run_admin
+
+        return run_admin(args)
+    if args.command == "chat":
+        from corral.cli.chat import run_chat
+
+        return run_chat(args)
     parser.print_help()
     return 0
 

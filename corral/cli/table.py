@@ -89,10 +89,13 @@ def render_table(
     align: Sequence[Align] | None = None,
     max_cell: int = 60,
     width: int | None = None,
+    shrink: Sequence[int] | None = None,
 ) -> str:
     """The table as text (no trailing newline): a header line, then one line per row.
 
     Rows shorter than ``headers`` are padded with empty cells; longer ones are an error.
+    With ``width``, only the columns at the indices in ``shrink`` (default: all) are cut to
+    fit; a table that still does not fit is left wider than ``width``.
     """
     ncols = len(headers)
     if align is not None and len(align) != ncols:
@@ -112,7 +115,9 @@ def render_table(
     head = [truncate(_text(h), max_cell) for h in headers]
     widths = [max([display_width(head[i])] + [display_width(r[i]) for r in texts]) for i in range(ncols)]
     if width is not None:
-        floors = [min(widths[i], max(MIN_SHRINK, display_width(head[i]))) for i in range(ncols)]
+        allowed = range(ncols) if shrink is None else shrink
+        floors = [min(widths[i], max(MIN_SHRINK, display_width(head[i]))) if i in allowed else widths[i]
+                  for i in range(ncols)]
         widths = _fit(widths, floors, width)
     lines = []
     for row in [head, *texts]:

@@ -85,9 +85,10 @@ def test_openai_round_trip_through_a_cluster(
             vectors = client.embeddings.create(model="embed", input=["a", "b"]).data
             assert len(vectors) == 2 and len(vectors[0].embedding) == 384
 
-        admin = httpx.get(f"{controller.url}/admin/v1/models", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        admin = httpx.get(f"{controller.url}/admin/v1/models/chat", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
         assert admin.status_code == 200
-        assert len(admin.json()["models"]["chat"]["instances"]) == 2
+        model = admin.json()["model"]
+        assert len(model["instances"]) == 2 and model["managed"] is False  # served from the workers' config
         assert CLUSTER_TOKEN not in "".join(p.log() for p in cluster.processes)
     finally:
         cluster.stop()

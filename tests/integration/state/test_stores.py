@@ -206,8 +206,12 @@ def test_state_from_url_picks_the_store_without_io(tmp_path: Path) -> None:
     for url in (None, "memory://", "http://controller:8001", "https://c1:8001,https://c2:8001"):
         assert isinstance(state_from_url(url), MemoryStateStore), url
     dead = free_port()  # nothing listens: construction must not connect
-    for url in (f"sqlite:///{tmp_path / 'never-created.db'}", f"postgresql://u:pw@127.0.0.1:{dead}/db",
-                f"postgres://u@127.0.0.1:{dead}/db"):
+    sql_urls = (
+        f"sqlite:///{tmp_path / 'never-created.db'}",
+        f"postgresql://u:pw@127.0.0.1:{dead}/db",
+        f"postgres://u@127.0.0.1:{dead}/db",
+    )
+    for url in sql_urls:
         assert isinstance(state_from_url(url), SqlStateStore), url
     assert not (tmp_path / "never-created.db").exists()
     assert isinstance(state_from_url(f"etcd://127.0.0.1:{dead},127.0.0.1:{dead + 1}"), EtcdStateStore)
