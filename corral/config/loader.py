@@ -38,6 +38,10 @@ class _ServerTable(BaseModel):
     api_keys: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     max_body_bytes: int = Field(ServerSettings.max_body_bytes, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    records: str | None = None
+    capture_text: bool = False
+    redact: list[str] = Field(default_factory=list)
+    retention_days: float = Field(30.0, gt=0)
 
 
 class _ModelTable(BaseModel):
@@ -154,6 +158,13 @@ def _check_document(data: Mapping[str, Any]) -> Settings:
     server_kwargs = server.model_dump(exclude_unset=True)
     if "api_keys" in server_kwargs:
         server_kwargs["api_keys"] = tuple(server_kwargs["api_keys"])
+    if "redact" in server_kwargs:
+        for i, pattern in enumerate(server_kwargs["redact"]):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise _Problem(("server", "redact", i), f"not a regular expression: {exc}") from None
+        server_kwargs["redact"] = tuple(server_kwargs["redact"])
     raw_models = data.get("models", [])
     if not isinstance(raw_models, list):
         raise _Problem(("models",), "must be an array of tables ([[models]])")

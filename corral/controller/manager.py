@@ -22,6 +22,7 @@ from corral.core.errors import Conflict, CorralError, ModelNotFound, NotFound, U
 from corral.core.registry import InstanceRecord, InstanceState, Registry, Synced
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent, StateStore
+from corral.engines.catalog import get_entry
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,11 @@ class Manager:
     async def _start_one(self, spec: ModelSpec) -> str | None:
         worker = self._pick_worker(spec)
         if worker is None:
-            self._backoff[spec.name] = (0, 0.0, f"no live worker has the {spec.engine} engine")
+            try:
+                hint = f": {get_entry(spec.engine).install_hint()} on a worker"
+            except CorralError:
+                hint = ""
+            self._backoff[spec.name] = (0, 0.0, f"no worker has the {spec.engine} engine installed{hint}")
             return None
         instance_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self._pending[instance_id] = (spec.name, time.monotonic(), worker.worker_id)

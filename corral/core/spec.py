@@ -43,6 +43,10 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    records: str | None = None  # request records store: sqlite:///FILE or postgresql://...; default: the cache
+    capture_text: bool = False  # keep prompt and completion text in request records
+    redact: tuple[str, ...] = ()  # regular expressions removed from captured text
+    retention_days: float = 30.0  # request records older than this are deleted
 
 
 @dataclass(frozen=True)

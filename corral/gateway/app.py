@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.core.errors import CorralError
+from corral.core.observe import Observers
 from corral.core.spec import ServerSettings
 from corral.web.errors import corral_error_handler, http_error_handler, unexpected_error_handler
 from corral.web.responses import json_response
@@ -21,6 +22,7 @@ from corral.web.middleware import ApiKeys, RequestId
 from corral.gateway.openai.routes import OpenAIRoutes
 from corral.gateway.pipeline import Pipeline
 from corral.gateway.router import Router
+from corral.gateway.tracking import Tracker
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -32,10 +34,12 @@ def create_gateway_app(
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     extra_routes: list[Route] | None = None,
     extra_middleware: list[Middleware] | None = None,
+    tracker: Tracker | None = None,
 ) -> Starlette:
     """The OpenAI API plus health; ``extra_routes`` (the standalone admin API) are served
     by the same app, behind ``extra_middleware``."""
-    openai = OpenAIRoutes(Pipeline(router), router, server.max_body_bytes)
+    tracker = tracker or Tracker(Observers())
+    openai = OpenAIRoutes(Pipeline(router), router, server.max_body_bytes, tracker)
 
     async def health(request: Request) -> Response:
         return json_response(200, {"status": "ok"})

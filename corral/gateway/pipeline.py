@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from corral.core.engine import Embedding, TextGeneration
 from corral.core.errors import CorralError, EngineError, InstanceLost, Overloaded, Unavailable
+from corral.core.observe import MAX_GAPS, RequestEvent
 from corral.core.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationEnd, GenerationRequest, Usage
 from corral.gateway.router import Router, Target
 
@@ -30,6 +31,7 @@ class Call:
     target: Target
     stream: AsyncIterator[GenerationChunk | GenerationEnd]
     request: GenerationRequest
+    event: RequestEvent | None = None
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     usage: Usage | None = None
@@ -37,13 +39,27 @@ class Call:
 
     async def __aiter__(self) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         outcome = "cancelled"
+        event = self.event
+        last = self.started
         try:
             async for item in self.stream:
-                if self.first_token_at is None and isinstance(item, GenerationChunk):
-                    self.first_token_at = time.perf_counter()
-                    self.router.observe_ttft(self.target, self.first_token_at - self.started)
-                if isinstance(item, GenerationEnd):
+                if isinstance(item, GenerationChunk):
+                    now = time.perf_counter()
+                    if self.first_token_at is None:
+                        self.first_token_at = now
+                        self.router.observe_ttft(self.target, now - self.started)
+                        if event is not None:
+                            event.ttft_s = now - event.clock_start
+                    elif event is not None and len(event.token_gaps_s) < MAX_GAPS:
+                        event.token_gaps_s.append(now - last)
+                    last = now
+                    if event is not None and event.completion_text is not None:
+                        event.completion_text += item.text
+                elif isinstance(item, GenerationEnd):
                     self.usage = item.usage
+                    if event is not None:
+                        event.prompt_tokens += item.usage.prompt_tokens
+                        event.completion_tokens += item.usage.completion_tokens
                 yield item
             outcome = "ok"
         except CorralError:
@@ -61,6 +77,8 @@ class Call:
             return
         self._closed = True
         self.router.release(self.target)
+        if self.event is not None and self.event.outcome == "ok" and outcome != "ok":
+            self.event.outcome = outcome
         aclose = getattr(self.stream, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -120,21 +138,31 @@ class Pipeline:
             self._router.succeeded(target)
             return target, result
 
-    async def generate(self, request: GenerationRequest, capability: str, tried: set[str] | None = None) -> Call:
+    async def generate(
+        self,
+        request: GenerationRequest,
+        capability: str,
+        event: RequestEvent | None = None,
+        tried: set[str] | None = None,
+    ) -> Call:
         async def start(target: Target) -> AsyncIterator[GenerationChunk | GenerationEnd]:
             client = target.client
             assert isinstance(client, TextGeneration)
             return await client.generate(request)
 
+        tried = set() if tried is None else tried
         target, stream = await self._dispatch(request.model, capability, request, start, tried)
-        return Call(self._router, target, stream, request)
+        _served_by(event, target, len(tried))
+        return Call(self._router, target, stream, request, event)
 
-    async def complete(self, request: GenerationRequest, capability: str) -> tuple[str, Choices, Usage]:
+    async def complete(
+        self, request: GenerationRequest, capability: str, event: RequestEvent | None = None
+    ) -> tuple[str, Choices, Usage]:
         """A whole (non-streamed) generation. Nothing has reached the client until it
         ends, so an instance lost mid-way is retried from the start on another one."""
         tried: set[str] = set()
         while True:
-            call = await self.generate(request, capability, tried)
+            call = await self.generate(request, capability, event, tried)
             try:
                 choices, usage = await collect(aiter(call), request.sampling.n)
             except InstanceLost as exc:
@@ -162,7 +190,7 @@ class Pipeline:
         n = requests[0].sampling.n
         return _merge(calls, n)
 
-    async def embed(self, request: EmbeddingRequest) -> tuple[str, EmbeddingResult]:
+    async def embed(self, request: EmbeddingRequest, event: RequestEvent | None = None) -> tuple[str, EmbeddingResult]:
         """The result and the id of the instance that computed it."""
 
         async def run(target: Target) -> EmbeddingResult:
@@ -170,9 +198,20 @@ class Pipeline:
             assert isinstance(client, Embedding)
             return await client.embed(request)
 
-        target, result = await self._dispatch(request.model, "embedding", None, run)
+        tried: set[str] = set()
+        target, result = await self._dispatch(request.model, "embedding", None, run, tried)
         self._router.release(target)
+        _served_by(event, target, len(tried))
+        if event is not None:
+            event.prompt_tokens = result.usage.prompt_tokens
         return target.instance_id, result
+
+
+def _served_by(event: RequestEvent | None, target: Target, retries: int) -> None:
+    if event is not None:
+        record = target.record
+        event.instance_id, event.engine, event.worker_id = record.instance_id, record.engine, record.worker_id
+        event.retries = retries
 
 
 Choices = list[tuple[str, str | None]]  # (text, finish reason) per choice

@@ -84,6 +84,7 @@ class Router:
         self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.synced = asyncio.Event()
+        self.ejections_total: dict[tuple[str, str], int] = {}  # (model, instance) -> times ejected
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow(), name="router-watch"))
@@ -232,6 +233,8 @@ class Router:
             s = self._settings
             target.eject_for = min(s.eject_max, target.eject_for * 2 if target.eject_for else s.eject_for)
             target.ejected_until = time.monotonic() + target.eject_for
+            key = (target.record.model, target.instance_id)
+            self.ejections_total[key] = self.ejections_total.get(key, 0) + 1
             log.warning(
                 "ejected instance %s of %s for %.0fs after %d failures",
                 target.instance_id, target.record.model, target.eject_for, target.failures,

@@ -3,6 +3,7 @@ a task per request). Each does one thing."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import uuid
@@ -62,6 +63,8 @@ class ApiKeys:
                 break
         scheme, _, token = presented.partition(b" ")
         if scheme.lower() == b"bearer" and self._match(token.strip()):
+            # requests are attributed to a key by a short hash, never by the key itself
+            scope.setdefault("state", {})["api_key_id"] = hashlib.sha256(token.strip()).hexdigest()[:12]
             await self.app(scope, receive, send)
             return
         message = "missing API key: send 'Authorization: Bearer YOUR_KEY'" if not presented else "invalid API key"

@@ -29,6 +29,7 @@ class Instance:
     started_at: float = field(default_factory=time.time)
     last_error: str | None = None
     managed: bool = False
+    load_seconds: float | None = None  # how long the engine took to start
 
     def set_state(self, state: InstanceState, error: str | None = None) -> None:
         self.state = state

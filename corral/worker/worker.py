@@ -89,6 +89,7 @@ class Worker:
             instance.set_state(InstanceState.FAILED, message)
             await self._publish(instance)
             raise CorralError(f"model {spec.name!r} failed to start: {message}") from exc
+        instance.load_seconds = time.monotonic() - started
         log.info(
             "model %s ready (instance %s, engine %s, %.1fs)",
             spec.name, instance.instance_id, spec.engine, time.monotonic() - started,
@@ -224,6 +225,7 @@ class Worker:
                     "requests_active": self._active.get(instance.instance_id, 0),
                     "last_error": instance.last_error,
                     "managed": instance.managed,
+                    "load_seconds": instance.load_seconds,
                 }
             )
         return {"worker_id": self.worker_id, "address": self.address, "engines": installed_engines(), "instances": out}

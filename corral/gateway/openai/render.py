@@ -31,8 +31,17 @@ def text_choice(index: int, text: str, finish: str | None, first: bool) -> dict[
 
 
 async def sse_stream(
-    stream: Stream, *, id_: str, model: str, obj: str, choice: ChoiceDelta, include_usage: bool
+    stream: Stream,
+    *,
+    id_: str,
+    model: str,
+    obj: str,
+    choice: ChoiceDelta,
+    include_usage: bool,
+    on_end: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
+    """The SSE body; ``on_end`` runs when it ends, however it ends (done, failed, or the
+    client went away)."""
     created = int(time.time())
     base: dict[str, Any] = {"id": id_, "object": obj, "created": created, "model": model, "system_fingerprint": None}
     if include_usage:
@@ -60,4 +69,7 @@ async def sse_stream(
     except Exception as exc:  # never leave a client waiting on a half stream
         log.exception("stream %s failed", id_)
         yield sse(error_event(EngineError(f"stream failed: {type(exc).__name__}")))
+    finally:
+        if on_end is not None:
+            on_end()
     yield SSE_DONE

@@ -17,9 +17,11 @@ from corral.web.body import read_body
 from corral.web.errors import from_validation
 from corral.web.responses import json_response
 from corral.gateway.openai import render, translate
-from corral.core.types import Usage
+from corral.core.observe import RequestEvent
+from corral.core.types import GenerationRequest, Usage
 from corral.gateway.pipeline import Choices, Pipeline, collect
 from corral.gateway.router import Router
+from corral.gateway.tracking import Tracker
 from corral.protocol.openai import responses
 from corral.protocol.openai.requests import (
     ChatCompletionRequest,
@@ -35,10 +37,11 @@ INSTANCE_HEADER = "x-corral-instance"  # which instance served the request
 
 
 class OpenAIRoutes:
-    def __init__(self, pipeline: Pipeline, router: Router, max_body_bytes: int) -> None:
+    def __init__(self, pipeline: Pipeline, router: Router, max_body_bytes: int, tracker: Tracker) -> None:
         self._pipeline = pipeline
         self._router = router
         self._max_body = max_body_bytes
+        self._tracker = tracker
 
     def routes(self) -> list[Route]:
         return [
@@ -74,47 +77,78 @@ class OpenAIRoutes:
         raise ModelNotFound(f"the model {name!r} does not exist", param="model")
 
     async def chat(self, request: Request) -> Response:
-        req = await self._parse(request, ChatCompletionRequest)
-        rid = request.scope["state"]["request_id"]
-        gen = translate.chat(req, rid, request.headers.get("x-session-id"))
-        id_ = f"chatcmpl-{rid}"
-        if req.stream:
-            call = await self._pipeline.generate(gen, "chat")
-            return _stream(aiter(call), req, id_, "chat.completion.chunk", render.chat_choice, call.target.instance_id)
-        served_by, choices, usage = await self._pipeline.complete(gen, "chat")
-        return _whole(responses.chat_completion, id_, req.model, choices, usage, served_by)
+        state = request.scope["state"]
+        rid = state["request_id"]
+        async with self._tracker.track(rid, "chat", state.get("api_key_id")) as event:
+            req = await self._parse(request, ChatCompletionRequest)
+            gen = translate.chat(req, rid, request.headers.get("x-session-id"))
+            self._describe(event, gen, req.stream)
+            id_ = f"chatcmpl-{rid}"
+            if req.stream:
+                call = await self._pipeline.generate(gen, "chat", event)
+                return self._stream(aiter(call), req, id_, "chat.completion.chunk", render.chat_choice, event)
+            served_by, choices, usage = await self._pipeline.complete(gen, "chat", event)
+            return _whole(responses.chat_completion, id_, req.model, choices, usage, served_by)
 
     async def completions(self, request: Request) -> Response:
-        req = await self._parse(request, CompletionRequest)
-        rid = request.scope["state"]["request_id"]
-        gens = translate.completions(req, rid, request.headers.get("x-session-id"))
-        id_ = f"cmpl-{rid}"
-        if len(gens) > 1:
-            stream = await self._pipeline.generate_many(gens, "completion")
+        state = request.scope["state"]
+        rid = state["request_id"]
+        async with self._tracker.track(rid, "completion", state.get("api_key_id")) as event:
+            req = await self._parse(request, CompletionRequest)
+            gens = translate.completions(req, rid, request.headers.get("x-session-id"))
+            self._describe(event, gens[0], req.stream)
+            id_ = f"cmpl-{rid}"
+            if len(gens) > 1:
+                stream = await self._pipeline.generate_many(gens, "completion")
+                if req.stream:
+                    return self._stream(stream, req, id_, "text_completion", render.text_choice, event, "multiple")
+                choices, usage = await collect(stream, req.n * len(gens))
+                event.prompt_tokens, event.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                return _whole(responses.text_completion, id_, req.model, choices, usage, "multiple")
             if req.stream:
-                return _stream(stream, req, id_, "text_completion", render.text_choice, "multiple")
-            choices, usage = await collect(stream, req.n * len(gens))
-            return _whole(responses.text_completion, id_, req.model, choices, usage, "multiple")
-        if req.stream:
-            call = await self._pipeline.generate(gens[0], "completion")
-            return _stream(aiter(call), req, id_, "text_completion", render.text_choice, call.target.instance_id)
-        served_by, choices, usage = await self._pipeline.complete(gens[0], "completion")
-        return _whole(responses.text_completion, id_, req.model, choices, usage, served_by)
+                call = await self._pipeline.generate(gens[0], "completion", event)
+                return self._stream(aiter(call), req, id_, "text_completion", render.text_choice, event)
+            served_by, choices, usage = await self._pipeline.complete(gens[0], "completion", event)
+            return _whole(responses.text_completion, id_, req.model, choices, usage, served_by)
 
     async def embeddings(self, request: Request) -> Response:
-        req = await self._parse(request, EmbeddingsRequest)
-        rid = request.scope["state"]["request_id"]
-        served_by, result = await self._pipeline.embed(translate.embeddings(req, rid))
-        body = responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens)
-        return json_response(200, body, {INSTANCE_HEADER: served_by})
+        state = request.scope["state"]
+        rid = state["request_id"]
+        async with self._tracker.track(rid, "embedding", state.get("api_key_id")) as event:
+            req = await self._parse(request, EmbeddingsRequest)
+            event.model = req.model
+            event.params = {"encoding_format": req.encoding_format, "inputs": 1 if isinstance(req.input, str) else len(req.input)}
+            served_by, result = await self._pipeline.embed(translate.embeddings(req, rid), event)
+            body = responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens)
+            return json_response(200, body, {INSTANCE_HEADER: served_by})
 
+    def _describe(self, event: RequestEvent, gen: GenerationRequest, stream: bool) -> None:
+        s = gen.sampling
+        event.model, event.stream = gen.model, stream
+        event.params = {
+            "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "n": s.n,
+            "stop": list(s.stop), "seed": s.seed, "stream": stream,
+        }
+        event.prompt_text = self._tracker.prompt_of(gen)
+        event.completion_text = "" if self._tracker.capture.enabled else None
 
-def _stream(
-    stream: render.Stream, req: SamplingFields, id_: str, chunk_object: str, choice: render.ChoiceDelta, served_by: str
-) -> Response:
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    body = render.sse_stream(stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage)
-    return StreamingResponse(body, media_type="text/event-stream", headers={**_SSE_HEADERS, INSTANCE_HEADER: served_by})
+    def _stream(
+        self,
+        stream: render.Stream,
+        req: SamplingFields,
+        id_: str,
+        chunk_object: str,
+        choice: render.ChoiceDelta,
+        event: RequestEvent,
+        served_by: str | None = None,
+    ) -> Response:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        body = render.sse_stream(
+            stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage,
+            on_end=lambda: self._tracker.finish(event),
+        )
+        headers = {**_SSE_HEADERS, INSTANCE_HEADER: served_by or event.instance_id or ""}
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
 
 def _whole(build: Builder, id_: str, model: str, choices: Choices, usage: Usage, served_by: str) -> Response:
