@@ -3,7 +3,8 @@ embed, in compact JSON.
 
 - ``POST /internal/v1/instances/{id}/generate``: body = ``encode_generation(request)``;
   200 and one JSON object per line: ``{"i": choice, "t": text, "f": finish|null}`` deltas,
-  then ``{"u": [prompt_tokens, completion_tokens]}``; a failure after the first byte is a
+  then ``{"u": [prompt_tokens, completion_tokens], "s": [spans]}`` (spans only when the
+  request carried a trace context); a failure after the first byte is a
   line ``{"error": {...}}``. Deltas only, never cumulative text.
 - ``POST /internal/v1/instances/{id}/embed``: body = ``encode_embedding(request)``;
   200 and ``{"v": [[...], ...], "u": [prompt_tokens, 0]}``.
@@ -64,6 +65,7 @@ def encode_generation(req: GenerationRequest) -> bytes:
             "echo": req.echo,
             "user": req.user,
             "session": req.session,
+            "traceparent": req.traceparent,
         }
     )
 
@@ -93,6 +95,7 @@ def decode_generation(body: bytes) -> GenerationRequest:
             echo=bool(d["echo"]),
             user=d.get("user"),
             session=d.get("session"),
+            traceparent=d.get("traceparent"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed internal generation request: {exc}") from None
@@ -100,6 +103,8 @@ def decode_generation(body: bytes) -> GenerationRequest:
 
 def encode_item(item: GenerationChunk | GenerationEnd) -> bytes:
     if isinstance(item, GenerationEnd):
+        if item.spans:
+            return orjson.dumps({"u": [item.usage.prompt_tokens, item.usage.completion_tokens], "s": item.spans}) + b"\n"
         return b'{"u":[%d,%d]}\n' % (item.usage.prompt_tokens, item.usage.completion_tokens)
     finish = item.finish_reason.value if item.finish_reason is not None else None
     return orjson.dumps({"i": item.index, "t": item.text, "f": finish}) + b"\n"
@@ -112,7 +117,7 @@ def decode_item(line: bytes) -> GenerationChunk | GenerationEnd:
         finish = d["f"]
         return GenerationChunk(d["i"], d["t"], FinishReason(finish) if finish is not None else None)
     if "u" in d:
-        return GenerationEnd(Usage(d["u"][0], d["u"][1]))
+        return GenerationEnd(Usage(d["u"][0], d["u"][1]), tuple(d.get("s", ())))
     if "error" in d:
         raise error_from_wire(int(d["error"].get("status", 500)), d)
     raise EngineError("malformed line from worker")

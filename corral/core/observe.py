@@ -42,6 +42,7 @@ class RequestEvent:
     completion_text: str | None = None  # only when capture is enabled
     trace_id: str | None = None
     span_id: str | None = None  # the gateway's span for this request
+    parent_span_id: str | None = None  # the caller's span, from its traceparent header
     spans: list[dict[str, Any]] = field(default_factory=list)  # child spans reported by workers/engines
     clock_start: float = 0.0  # time.perf_counter() at the start, for the latency
     finished: bool = False

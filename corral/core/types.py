@@ -8,6 +8,7 @@ engine change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from enum import Enum
 
 
@@ -54,6 +55,7 @@ class GenerationRequest:
     echo: bool = False
     user: str | None = None  # the API's ``user`` field: a session-affinity key
     session: str | None = None  # the ``x-session-id`` header: a session-affinity key
+    traceparent: str | None = None  # W3C trace context to continue on the worker
 
     def prefix(self, length: int = 256) -> str:
         """The prompt's leading text, for prefix-affinity routing."""
@@ -88,9 +90,11 @@ class Usage:
 
 @dataclass(frozen=True)
 class GenerationEnd:
-    """Last item of every generation stream: token accounting for the whole request."""
+    """Last item of every generation stream: token accounting for the whole request, and
+    the spans a remote worker measured (plain dicts, see ``corral.observe.tracing``)."""
 
     usage: Usage
+    spans: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

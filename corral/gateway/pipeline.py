@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from corral.core.engine import Embedding, TextGeneration
 from corral.core.errors import CorralError, EngineError, InstanceLost, Overloaded, Unavailable
 from corral.core.observe import MAX_GAPS, RequestEvent
+from corral.observe.tracing import new_id, span
 from corral.core.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationEnd, GenerationRequest, Usage
 from corral.gateway.router import Router, Target
 
@@ -60,6 +61,7 @@ class Call:
                     if event is not None:
                         event.prompt_tokens += item.usage.prompt_tokens
                         event.completion_tokens += item.usage.completion_tokens
+                        event.spans.extend(item.spans or self._local_spans(item))
                 yield item
             outcome = "ok"
         except CorralError:
@@ -71,6 +73,21 @@ class Call:
             raise EngineError(f"model {self.request.model!r} failed: {type(exc).__name__}") from exc
         finally:
             await self.close(outcome)
+
+    def _local_spans(self, end: GenerationEnd) -> list[dict[str, Any]]:
+        """An in-process engine reports no spans: measure its span here."""
+        event = self.event
+        if event is None or event.trace_id is None or self.target.record.address is not None:
+            return []
+        now = time.time()
+        start = now - (time.perf_counter() - self.started)
+        ttft = self.first_token_at - self.started if self.first_token_at else None
+        attrs = {
+            "corral.instance": self.target.instance_id, "corral.model": self.target.record.model,
+            "corral.engine": self.target.record.engine, "corral.ttft_s": ttft,
+            "gen_ai.usage.input_tokens": end.usage.prompt_tokens, "gen_ai.usage.output_tokens": end.usage.completion_tokens,
+        }
+        return [span("corral.engine.generate", event.trace_id, new_id(8), event.span_id, start, now, attrs)]
 
     async def close(self, outcome: str = "cancelled") -> None:
         if self._closed:

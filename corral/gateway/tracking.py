@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from corral.core.errors import CorralError
 from corral.core.observe import Observers, RequestEvent
 from corral.core.types import GenerationRequest
+from corral.observe.tracing import new_id, parse_traceparent
 
 MAX_CAPTURE = 64 * 1024  # characters of prompt or completion kept per request
 
@@ -34,10 +35,16 @@ class Tracker:
         self._redact = [re.compile(p) for p in self.capture.redact]
 
     @asynccontextmanager
-    async def track(self, request_id: str, route: str, api_key_id: str | None) -> AsyncIterator[RequestEvent]:
+    async def track(
+        self, request_id: str, route: str, api_key_id: str | None, traceparent: str | None = None
+    ) -> AsyncIterator[RequestEvent]:
+        """Continues the caller's trace (W3C ``traceparent``) or starts one."""
+        parent = parse_traceparent(traceparent)
         event = RequestEvent(
             request_id=request_id, route=route, started_at=time.time(), api_key_id=api_key_id,
             clock_start=time.perf_counter(),
+            trace_id=parent[0] if parent else new_id(16), span_id=new_id(8),
+            parent_span_id=parent[1] if parent else None,
         )
         try:
             yield event

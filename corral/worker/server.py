@@ -7,7 +7,9 @@ iterator, which cancels the generation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 
 import orjson
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +29,8 @@ from corral.core.errors import CorralError, EngineError, EngineNotInstalled, Inv
 from corral.core.state import spec_from_json
 from corral.engines.catalog import get_entry
 from corral.core.registry import InstanceState
+from corral.core.types import GenerationEnd
+from corral.observe import tracing
 from corral.web.body import read_body
 from corral.web.responses import json_response
 from corral.web.middleware import ApiKeys, RequestId
@@ -54,9 +58,11 @@ def create_worker_app(
     async def generate(request: Request) -> Response:
         instance = instance_for(request, TextGeneration)
         req = wire.decode_generation(await read_body(request, MAX_INTERNAL_BODY))
+        started = time.time()
         with worker.track(instance):
             stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
-        return StreamingResponse(_lines(worker, instance, stream), media_type="application/x-ndjson")
+        trace = WorkerTrace(req.traceparent, instance, started) if req.traceparent else None
+        return StreamingResponse(_lines(worker, instance, stream, trace), media_type="application/x-ndjson")
 
     async def embed(request: Request) -> Response:
         instance = instance_for(request, Embedding)
@@ -124,10 +130,41 @@ def create_worker_app(
     )
 
 
-async def _lines(worker: Worker, instance: Instance, stream: Any) -> AsyncIterator[bytes]:
+class WorkerTrace:
+    """The worker's and the engine's spans of one traced request, sent back at its end."""
+
+    def __init__(self, traceparent: str, instance: Instance, started: float) -> None:
+        self.parent = tracing.parse_traceparent(traceparent)
+        self.instance = instance
+        self.started = started
+        self.first_token: float | None = None
+
+    def spans(self, end: GenerationEnd) -> tuple[dict[str, Any], ...]:
+        if self.parent is None:
+            return ()
+        trace_id, parent = self.parent
+        worker_span, engine_span = tracing.new_id(8), tracing.new_id(8)
+        now = time.time()
+        attrs = {"corral.instance": self.instance.instance_id, "corral.model": self.instance.spec.name,
+                 "corral.engine": self.instance.spec.engine, "corral.worker": self.instance.worker_id}
+        engine_attrs = {**attrs, "gen_ai.usage.input_tokens": end.usage.prompt_tokens,
+                        "gen_ai.usage.output_tokens": end.usage.completion_tokens,
+                        "corral.ttft_s": (self.first_token - self.started) if self.first_token else None}
+        return (
+            tracing.span("corral.worker", trace_id, worker_span, parent, self.started, now, attrs),
+            tracing.span("corral.engine.generate", trace_id, engine_span, worker_span, self.started, now, engine_attrs),
+        )
+
+
+async def _lines(worker: Worker, instance: Instance, stream: Any, trace: WorkerTrace | None) -> AsyncIterator[bytes]:
     with worker.track(instance):
         try:
             async for item in stream:
+                if trace is not None:
+                    if isinstance(item, GenerationEnd):
+                        item = dataclasses.replace(item, spans=trace.spans(item))
+                    elif trace.first_token is None:
+                        trace.first_token = time.time()
                 yield wire.encode_item(item)
         except CorralError as exc:
             yield _error_line(exc)

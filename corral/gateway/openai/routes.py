@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from corral.core.types import GenerationRequest, Usage
 from corral.gateway.pipeline import Choices, Pipeline, collect
 from corral.gateway.router import Router
 from corral.gateway.tracking import Tracker
+from corral.observe import tracing
 from corral.protocol.openai import responses
 from corral.protocol.openai.requests import (
     ChatCompletionRequest,
@@ -79,9 +81,9 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         state = request.scope["state"]
         rid = state["request_id"]
-        async with self._tracker.track(rid, "chat", state.get("api_key_id")) as event:
+        async with self._tracker.track(rid, "chat", state.get("api_key_id"), request.headers.get("traceparent")) as event:
             req = await self._parse(request, ChatCompletionRequest)
-            gen = translate.chat(req, rid, request.headers.get("x-session-id"))
+            gen = _traced(translate.chat(req, rid, request.headers.get("x-session-id")), event)
             self._describe(event, gen, req.stream)
             id_ = f"chatcmpl-{rid}"
             if req.stream:
@@ -93,9 +95,11 @@ class OpenAIRoutes:
     async def completions(self, request: Request) -> Response:
         state = request.scope["state"]
         rid = state["request_id"]
-        async with self._tracker.track(rid, "completion", state.get("api_key_id")) as event:
+        async with self._tracker.track(
+            rid, "completion", state.get("api_key_id"), request.headers.get("traceparent")
+        ) as event:
             req = await self._parse(request, CompletionRequest)
-            gens = translate.completions(req, rid, request.headers.get("x-session-id"))
+            gens = [_traced(g, event) for g in translate.completions(req, rid, request.headers.get("x-session-id"))]
             self._describe(event, gens[0], req.stream)
             id_ = f"cmpl-{rid}"
             if len(gens) > 1:
@@ -114,7 +118,9 @@ class OpenAIRoutes:
     async def embeddings(self, request: Request) -> Response:
         state = request.scope["state"]
         rid = state["request_id"]
-        async with self._tracker.track(rid, "embedding", state.get("api_key_id")) as event:
+        async with self._tracker.track(
+            rid, "embedding", state.get("api_key_id"), request.headers.get("traceparent")
+        ) as event:
             req = await self._parse(request, EmbeddingsRequest)
             event.model = req.model
             event.params = {"encoding_format": req.encoding_format, "inputs": 1 if isinstance(req.input, str) else len(req.input)}
@@ -149,6 +155,11 @@ class OpenAIRoutes:
         )
         headers = {**_SSE_HEADERS, INSTANCE_HEADER: served_by or event.instance_id or ""}
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+def _traced(gen: GenerationRequest, event: RequestEvent) -> GenerationRequest:
+    assert event.trace_id is not None and event.span_id is not None
+    return dataclasses.replace(gen, traceparent=tracing.traceparent(event.trace_id, event.span_id))
 
 
 def _whole(build: Builder, id_: str, model: str, choices: Choices, usage: Usage, served_by: str) -> Response:

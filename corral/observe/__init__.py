@@ -1,0 +1,1 @@
+"""Observability: metrics, request records, traces, reports."""
