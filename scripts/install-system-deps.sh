@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs the real services the integration tests start on loopback (etcd, PostgreSQL),
+# Installs the real services the integration tests start on loopback (etcd, PostgreSQL)
+# and the headless browser the report test opens (Chromium),
 # when they are missing. Idempotent; needs root or sudo (CI runs as root).
 set -euo pipefail
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v prometheus >/dev/null || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
