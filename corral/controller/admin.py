@@ -28,10 +28,11 @@ class DeployBody(BaseModel):
     engine: StrictStr
     source: StrictStr
     options: dict[str, Any] = Field(default_factory=dict)
-    replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1  # scale to 0 later if wanted
     routing: Policy = "power_of_two"
     weight: Annotated[float, Field(gt=0)] = 1.0
     max_concurrency: Annotated[int, Field(ge=0)] = 0
+
 
 
 class ScaleBody(BaseModel):

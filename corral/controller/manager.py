@@ -46,6 +46,8 @@ class Manager:
         self._drain_timeout = drain_timeout
         self._interval = interval
         self._specs: dict[str, ModelSpec] = {}
+        self._specs_loaded = 0.0
+        self._removed: set[str] = set()  # models stopped through this controller
         self._view: dict[str, InstanceRecord] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self._pending: dict[str, tuple[str, float, str]] = {}  # instance id -> (model, when asked, worker id)
@@ -127,8 +129,13 @@ class Manager:
         now = time.monotonic()
         self._pending = {i: p for i, p in self._pending.items() if now - p[1] < 60}
         self._stopping = {i: t for i, t in self._stopping.items() if now - t < self._drain_timeout + 30}
+        if now - self._specs_loaded > 2.0:  # another controller may have changed the store
+            self._specs = {s.name: s for s in await self._store.list_models()}
+            self._specs_loaded = now
         for record in list(self._view.values()):
-            if record.managed and record.model not in self._specs and record.instance_id not in self._stopping:
+            # only models this controller removed: an unknown model may belong to a spec it
+            # has not loaded (another controller, or a store that did not survive a restart)
+            if record.managed and record.model in self._removed and record.instance_id not in self._stopping:
                 await self._stop(record, "model no longer deployed")
         for spec in list(self._specs.values()):
             if spec.name not in self._operations:
@@ -159,7 +166,7 @@ class Manager:
             victims = sorted(live, key=lambda r: (order[r.state], -r.started_at))[: -missing]
             for record in victims:
                 await self._stop(record, "scale down")
-        if any(r.state is InstanceState.READY for r in live):
+        if sum(1 for r in live if r.state is InstanceState.READY) >= spec.replicas:
             self._backoff.pop(spec.name, None)
 
     def _pick_worker(self, spec: ModelSpec) -> WorkerInfo | None:
@@ -231,6 +238,7 @@ class Manager:
     async def deploy(self, spec: ModelSpec, actor: str) -> ModelSpec:
         if spec.name in self._specs or any(r.model == spec.name for r in self._view.values()):
             raise Conflict(f"a model named {spec.name!r} already exists", code="model_exists")
+        self._removed.discard(spec.name)
         await self._save(spec)
         await self._audit(actor, "deploy", spec.name, {"engine": spec.engine, "source": spec.source, "replicas": spec.replicas})
         return spec
@@ -239,6 +247,7 @@ class Manager:
         self.spec(name)
         await self._store.delete_model(name)
         self._specs.pop(name, None)
+        self._removed.add(name)
         self._operations.pop(name, None)
         self._wake.set()
         await self._audit(actor, "stop", name)

@@ -63,6 +63,7 @@ class RouterSettings:
     queue_limit: int = 256  # requests waiting per model when every instance is at max_concurrency
     queue_timeout: float = 30.0
     latency_alpha: float = 0.3
+    forget_after: float = 60.0  # a model without instances for this long is unknown (404), before: 503
 
 
 class Router:
@@ -85,6 +86,7 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self.synced = asyncio.Event()
         self.ejections_total: dict[tuple[str, str], int] = {}  # (model, instance) -> times ejected
+        self._gone_at: dict[str, float] = {}  # model -> when its last instance disappeared
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow(), name="router-watch"))
@@ -120,6 +122,10 @@ class Router:
         by_model: dict[str, list[Target]] = {}
         for target in self._targets.values():
             by_model.setdefault(target.record.model, []).append(target)
+        if record.model not in by_model:
+            self._gone_at[record.model] = time.monotonic()
+        else:
+            self._gone_at.pop(record.model, None)
         self._by_model = by_model
         self._wake(record.model)
 
@@ -135,7 +141,9 @@ class Router:
         """(routable now, ready but at their concurrency limit)."""
         targets = self._by_model.get(model)
         if targets is None:
-            if model in self._kinds:  # it had instances: they are gone for now (restarting, lease lost)
+            gone_at = self._gone_at.get(model)
+            if gone_at is not None and time.monotonic() - gone_at < self._settings.forget_after:
+                # it had instances moments ago: they are restarting or re-registering
                 raise Unavailable(f"model {model!r} has no instance right now; retry shortly")
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         kind = self._kinds[model]

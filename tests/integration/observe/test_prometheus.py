@@ -86,8 +86,9 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
 
 
 def total(results: list[dict[str, Any]], **labels: str) -> float | None:
-    """The sum of the matching instant-vector samples, or None when there are none."""
-    values = [float(r["value"][1]) for r in results if all(r["metric"].get(k) == v for k, v in labels.items())]
+    """The sum of the matching instant-vector samples, or None when there are none. Prometheus
+    stores no empty labels: ``model=""`` matches a sample without ``model``."""
+    values = [float(r["value"][1]) for r in results if all(r["metric"].get(k, "") == v for k, v in labels.items())]
     return sum(values) if values else None
 
 
@@ -104,8 +105,15 @@ def test_prometheus_scrapes_the_values_sent(server: Server, prometheus: str) -> 
         )
         return results if ok else None
 
-    results = eventually(requests_match, 60)
+    try:
+        results = eventually(requests_match, 60)
+    except AssertionError as exc:
+        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        raise AssertionError(f"{exc}\nstored: {query(prometheus, 'corral_requests_total')}\ntargets: {targets}")
     assert {r["metric"]["job"] for r in results} == {"corral"}
+    # the metrics' own "instance" label clashes with the target's: Prometheus keeps it as exported_instance
+    chat_instances = {r["metric"].get("exported_instance") for r in results if r["metric"].get("model") == CHAT}
+    assert chat_instances == sent.instances[CHAT]
     assert not [r for r in results if r["metric"].get("model") == "no-such-model"]
 
     (target,) = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
