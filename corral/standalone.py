@@ -27,6 +27,8 @@ from corral.core.spec import ModelSpec, Settings
 from corral.engines.catalog import installed_engines
 from corral.gateway.app import create_gateway_app
 from corral.gateway.router import Router
+from corral.observe.metrics import WorkerMetrics
+from corral.observe.setup import gateway_observability
 from corral.registry.embedded import EmbeddedRegistry
 from corral.state.memory import MemoryStateStore
 from corral.web.middleware import ApiKeys
@@ -65,13 +67,17 @@ class Standalone:
         self.manager = Manager(self._store, self.registry, lambda _: client, mode="standalone")
         self.router = Router(self.registry, self._resolve)
         self._deploying: asyncio.Task[None] | None = None
+        self.observability = gateway_observability(
+            settings.server, self.router, "corral-standalone", (WorkerMetrics(self.worker),)
+        )
         self.app = create_gateway_app(
             self.router,
             settings.server,
             self.readiness,
             self.lifespan,
-            extra_routes=admin_routes(self.manager),
+            extra_routes=admin_routes(self.manager) + self.observability.routes,
             extra_middleware=[Middleware(ApiKeys, keys=(admin_token,) if admin_token else (), prefix="/admin")],
+            tracker=self.observability.tracker,
         )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
@@ -80,6 +86,7 @@ class Standalone:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.observability.open()
         await self.router.start()
         for spec in self.settings.models:
             await self._store.put_model(spec)
@@ -93,6 +100,7 @@ class Standalone:
             await self.manager.stop()
             await self.worker.stop()
             await self.router.stop()
+            await self.observability.close()
 
     async def _deploy(self) -> None:
         """The models of the config file start first (a failure stops the server); then

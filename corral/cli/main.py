@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     from corral.cli.admin_args import add_admin_commands
 
     add_admin_commands(sub)
+
+    from corral.cli.trace_args import add_trace_command
+
+    add_trace_command(sub)
     return parser
 
 
@@ -62,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli.admin import run_admin
 
         return run_admin(args)
+    if args.command == "trace":
+        from corral.cli.trace import run_trace
+
+        return run_trace(args)
     if args.command == "chat":
         from corral.cli.chat import run_chat
 

@@ -16,6 +16,7 @@ from corral.gateway.app import create_gateway_app
 from corral.gateway.remote import RemoteInstance
 from corral.web.client import make_http_client
 from corral.gateway.router import Router, RouterSettings, Target
+from corral.observe.setup import gateway_observability
 
 
 class GatewayService:
@@ -29,7 +30,11 @@ class GatewayService:
         self._registry = registry
         self._http = make_http_client(cluster_token)
         self.router = Router(registry, self._resolve, router_settings, health_check=self._probe)
-        self.app = create_gateway_app(self.router, server, self.readiness, self.lifespan)
+        self.observability = gateway_observability(server, self.router, "corral-gateway")
+        self.app = create_gateway_app(
+            self.router, server, self.readiness, self.lifespan,
+            extra_routes=self.observability.routes, tracker=self.observability.tracker,
+        )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
         if record.address is None:
@@ -49,11 +54,13 @@ class GatewayService:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self._registry.open()
+        await self.observability.open()
         await self.router.start()
         try:
             yield
         finally:
             await self.router.stop()
+            await self.observability.close()
             await self._http.aclose()
             await self._registry.close()
 

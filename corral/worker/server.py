@@ -31,6 +31,7 @@ from corral.engines.catalog import get_entry
 from corral.core.registry import InstanceState
 from corral.core.types import GenerationEnd
 from corral.observe import tracing
+from corral.observe.metrics import WorkerMetrics, metrics_route
 from corral.web.body import read_body
 from corral.web.responses import json_response
 from corral.web.middleware import ApiKeys, RequestId
@@ -117,6 +118,7 @@ def create_worker_app(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/internal/v1/status", status, methods=["GET"]),
+            metrics_route(WorkerMetrics(worker)),
             Route("/internal/v1/instances/{instance_id}/generate", generate, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}/embed", embed, methods=["POST"]),
             Route("/internal/v1/instances", start_instance, methods=["POST"]),

@@ -23,7 +23,9 @@ from corral.registry.embedded import EmbeddedRegistry
 Samples = list[tuple[str, dict[str, str], float]]
 
 
-def rec(instance_id: str, model: str, kind: ModelKind = ModelKind.LLM, state: InstanceState = InstanceState.READY):
+def rec(
+    instance_id: str, model: str, kind: ModelKind = ModelKind.LLM, state: InstanceState = InstanceState.READY
+) -> InstanceRecord:
     return InstanceRecord(instance_id, model, kind, "fake", "w1", state)
 
 
