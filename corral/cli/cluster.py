@@ -145,7 +145,8 @@ def run_gateway(args: argparse.Namespace) -> int:
         token = _cluster_token(args)
         keys = tuple(args.api_keys or ()) + ((os.environ["CORRAL_API_KEY"],) if os.environ.get("CORRAL_API_KEY") else ())
         server = ServerSettings(
-            host=args.host, port=args.port, api_keys=keys, log_level=args.log_level, max_body_bytes=args.max_body_bytes
+            host=args.host, port=args.port, api_keys=keys, log_level=args.log_level, max_body_bytes=args.max_body_bytes,
+            records=args.records, capture_text=args.capture_text,
         )
         routing = RouterSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout)
         service = GatewayService(registry_from_url(_registry_url(args), token), server, token, routing)
