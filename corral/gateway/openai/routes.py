@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -79,9 +80,8 @@ class OpenAIRoutes:
         raise ModelNotFound(f"the model {name!r} does not exist", param="model")
 
     async def chat(self, request: Request) -> Response:
-        state = request.scope["state"]
-        rid = state["request_id"]
-        async with self._tracker.track(rid, "chat", state.get("api_key_id"), request.headers.get("traceparent")) as event:
+        rid = request.scope["state"]["request_id"]
+        async with self._track(request, "chat") as event:
             req = await self._parse(request, ChatCompletionRequest)
             gen = _traced(translate.chat(req, rid, request.headers.get("x-session-id")), event)
             self._describe(event, gen, req.stream)
@@ -93,11 +93,8 @@ class OpenAIRoutes:
             return _whole(responses.chat_completion, id_, req.model, choices, usage, served_by)
 
     async def completions(self, request: Request) -> Response:
-        state = request.scope["state"]
-        rid = state["request_id"]
-        async with self._tracker.track(
-            rid, "completion", state.get("api_key_id"), request.headers.get("traceparent")
-        ) as event:
+        rid = request.scope["state"]["request_id"]
+        async with self._track(request, "completion") as event:
             req = await self._parse(request, CompletionRequest)
             gens = [_traced(g, event) for g in translate.completions(req, rid, request.headers.get("x-session-id"))]
             self._describe(event, gens[0], req.stream)
@@ -116,17 +113,20 @@ class OpenAIRoutes:
             return _whole(responses.text_completion, id_, req.model, choices, usage, served_by)
 
     async def embeddings(self, request: Request) -> Response:
-        state = request.scope["state"]
-        rid = state["request_id"]
-        async with self._tracker.track(
-            rid, "embedding", state.get("api_key_id"), request.headers.get("traceparent")
-        ) as event:
+        rid = request.scope["state"]["request_id"]
+        async with self._track(request, "embedding") as event:
             req = await self._parse(request, EmbeddingsRequest)
             event.model = req.model
             event.params = {"encoding_format": req.encoding_format, "inputs": 1 if isinstance(req.input, str) else len(req.input)}
             served_by, result = await self._pipeline.embed(translate.embeddings(req, rid), event)
             body = responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens)
             return json_response(200, body, {INSTANCE_HEADER: served_by})
+
+    def _track(self, request: Request, route: str) -> AbstractAsyncContextManager[RequestEvent]:
+        state = request.scope["state"]
+        return self._tracker.track(
+            state["request_id"], route, state.get("api_key_id"), request.headers.get("traceparent")
+        )
 
     def _describe(self, event: RequestEvent, gen: GenerationRequest, stream: bool) -> None:
         s = gen.sampling
