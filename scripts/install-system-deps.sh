@@ -20,6 +20,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts the packaged services; the tests start their own on free ports.
-$SUDO systemctl disable --now etcd postgresql >/dev/null 2>&1 || true
+$SUDO systemctl disable --now etcd postgresql prometheus >/dev/null 2>&1 || true
 $SUDO service postgresql stop >/dev/null 2>&1 || true
 $SUDO pkill -x etcd >/dev/null 2>&1 || true

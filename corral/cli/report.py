@@ -97,6 +97,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _ago(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
+        if seconds >= size and seconds % size == 0 and (unit != "d" or seconds >= 2 * size):
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"

@@ -104,7 +104,7 @@ class GatewayMetrics(_Base):
         self._router = router
         # auto_describe: a collector registered later with a clashing name fails at once
         self.registry = r = CollectorRegistry(auto_describe=True)
-        labels = ["model", "instance", "route", "outcome"]
+        labels = ["model", "instance_id", "route", "outcome"]
         self._requests = Counter("corral_requests_total", "API requests finished, by outcome.", labels, registry=r)
         self._duration = Histogram(
             "corral_request_duration_seconds", "Time from request received to response (or stream) end.",
@@ -177,7 +177,7 @@ class _RouterCollector:
         self._gaps = gaps
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["model", "instance"]
+        labels = ["model", "instance_id"]
         in_flight = GaugeMetricFamily("corral_requests_in_flight", "Requests in flight per instance.", labels=labels)
         up = GaugeMetricFamily("corral_instance_up", "1: ready and not ejected (routable); 0: not.", labels=labels)
         now = time.monotonic()
@@ -209,7 +209,7 @@ class _WorkerCollector:
         self._worker = worker
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["model", "instance"]
+        labels = ["model", "instance_id"]
         in_flight = GaugeMetricFamily("corral_engine_in_flight", "Requests the engine is running.", labels=labels)
         queued = GaugeMetricFamily("corral_engine_queued", "Requests waiting inside the engine.", labels=labels)
         completed = CounterMetricFamily("corral_engine_requests_completed_total", "Requests completed.", labels=labels)

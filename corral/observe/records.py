@@ -58,29 +58,16 @@ def _table(metadata: MetaData) -> Table:
         metadata,
         Column("request_id", Text, primary_key=True),
         Column("time", Double, nullable=False),  # unix seconds when the request arrived
-        Column("api_key_id", Text),
-        Column("model", Text),
-        Column("instance_id", Text),
-        Column("engine", Text),
-        Column("worker_id", Text),
-        Column("route", Text),
+        *(Column(name, Text) for name in ("api_key_id", "model", "instance_id", "engine", "worker_id", "route")),
         Column("stream", Boolean),
-        Column("params", Text),  # JSON object
-        Column("outcome", Text),
-        Column("http_status", Integer),
-        Column("error", Text),
-        Column("latency_s", Double),
-        Column("ttft_s", Double),
-        Column("prompt_tokens", Integer),
-        Column("completion_tokens", Integer),
-        Column("retries", Integer),
-        Column("prompt_text", Text),
-        Column("completion_text", Text),
+        Column("params", Text),  # JSON object: the sampling parameters as sent
+        Column("outcome", Text), Column("http_status", Integer), Column("error", Text),
+        Column("latency_s", Double), Column("ttft_s", Double),
+        Column("prompt_tokens", Integer), Column("completion_tokens", Integer), Column("retries", Integer),
+        Column("prompt_text", Text), Column("completion_text", Text),  # only with capture_text, redacted
         Column("trace_id", Text),
         Column("spans", Text),  # JSON list of the request's spans, for ``corral trace``
-        Column("feedback_rating", Integer),
-        Column("feedback_comment", Text),
-        Column("feedback_time", Double),
+        Column("feedback_rating", Integer), Column("feedback_comment", Text), Column("feedback_time", Double),
         Index("ix_corral_requests_time", "time"),
         Index("ix_corral_requests_model", "model"),
         Index("ix_corral_requests_trace", "trace_id"),
@@ -130,6 +117,7 @@ class RecordStore(SqlBase):
         self._done = 0  # rows taken off the queue and written (or dropped by a failed write)
         self._writer: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()  # set by close(): the retention task ends between two runs
         self._failing = False
         self.dropped_total = 0  # rows lost: queue full or database unavailable
         self.written_total = 0
@@ -140,6 +128,7 @@ class RecordStore(SqlBase):
         """Create the table and indexes if missing; start the writer and retention tasks."""
         await super().open()
         loop = asyncio.get_running_loop()
+        self._stop.clear()
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop(), name="request-records-writer")
         if self._retention is None and self.retention_days > 0:
@@ -172,19 +161,16 @@ class RecordStore(SqlBase):
 
     async def close(self) -> None:
         """Write what is queued, stop the tasks, dispose of the connection pool."""
-        if self._retention is not None:
-            self._retention.cancel()
+        self._stop.set()
         try:
             await self.flush(timeout=FLUSH_TIMEOUT_S)
         except TimeoutError:
             log.warning("request records: %d rows not written at shutdown", self._queued - self._done)
-        for task in (self._writer, self._retention):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        if self._writer is not None:
+            self._writer.cancel()  # waiting for rows (unless the flush timed out): no statement cut short
+        for task in (self._writer, self._retention):  # a running prune is let finish
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
         self._writer = self._retention = None
         await super().close()
 
@@ -306,14 +292,17 @@ class RecordStore(SqlBase):
                 self._progress.notify_all()
 
     async def _retention_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 deleted = await self.prune()
                 if deleted:
                     log.info("request records: deleted %d rows older than %g days", deleted, self.retention_days)
             except Exception as exc:  # noqa: BLE001 -- try again next time
                 log.warning("request records: retention failed: %s", getattr(exc, "message", exc))
-            await asyncio.sleep(RETENTION_EVERY_S)
+            try:
+                await asyncio.wait_for(self._stop.wait(), RETENTION_EVERY_S)
+            except TimeoutError:
+                pass
 
 
 # ---------------------------------------------------------------------------- POST /v1/feedback

@@ -111,7 +111,7 @@ def test_standalone_metrics_count_the_traffic_exactly(server: Server) -> None:
     assert value(s, "corral_requests_total", model=EMBED, route="embedding", outcome="ok") == sent.embeddings
     assert value(s, "corral_requests_total", model="", route="chat", outcome="error") == sent.unknown
     assert value(s, "corral_requests_total") == chats + sent.embeddings + sent.unknown
-    served = {ls["instance"] for n, ls, _ in s if n == "corral_requests_total" and ls["model"] == CHAT}
+    served = {ls["instance_id"] for n, ls, _ in s if n == "corral_requests_total" and ls["model"] == CHAT}
     assert served == sent.instances[CHAT]
     assert not [ls for _, ls, _ in s if ls.get("model") == "no-such-model"]
 
@@ -169,14 +169,14 @@ def test_cluster_gateway_and_worker_serve_their_own_metrics(corral_home: Path, t
             assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=60).status_code == 200
 
         g = scrape(gateway.url)
-        assert value(g, "corral_requests_total", model="chat", instance=instance["id"], outcome="ok") == 3
+        assert value(g, "corral_requests_total", model="chat", instance_id=instance["id"], outcome="ok") == 3
         assert value(g, "corral_completion_tokens_total", model="chat") == 12
         assert value(g, "corral_time_to_first_token_seconds_count", model="chat") == 3
-        assert value(g, "corral_instance_up", model="chat", instance=instance["id"]) == 1
+        assert value(g, "corral_instance_up", model="chat", instance_id=instance["id"]) == 1
 
         w = scrape(worker.url, {"authorization": f"Bearer {CLUSTER_TOKEN}"})
-        assert value(w, "corral_engine_requests_completed_total", model="chat", instance=instance["id"]) >= 3
-        assert value(w, "corral_instance_state", model="chat", instance=instance["id"], state="ready") == 1
+        assert value(w, "corral_engine_requests_completed_total", model="chat", instance_id=instance["id"]) >= 3
+        assert value(w, "corral_instance_state", model="chat", instance_id=instance["id"], state="ready") == 1
         assert value(w, "corral_model_load_seconds", model="chat") > 0
     finally:
         cluster.stop()

@@ -111,8 +111,8 @@ def test_prometheus_scrapes_the_values_sent(server: Server, prometheus: str) -> 
         targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         raise AssertionError(f"{exc}\nstored: {query(prometheus, 'corral_requests_total')}\ntargets: {targets}")
     assert {r["metric"]["job"] for r in results} == {"corral"}
-    # the metrics' own "instance" label clashes with the target's: Prometheus keeps it as exported_instance
-    chat_instances = {r["metric"].get("exported_instance") for r in results if r["metric"].get("model") == CHAT}
+    # the metrics' own "instance" label clashes with the target's: Prometheus keeps it as instance_id
+    chat_instances = {r["metric"].get("instance_id") for r in results if r["metric"].get("model") == CHAT}
     assert chat_instances == sent.instances[CHAT]
     assert not [r for r in results if r["metric"].get("model") == "no-such-model"]
 

@@ -91,10 +91,10 @@ def test_request_counters_and_histograms_match_the_events(metrics: GatewayMetric
     observers.finish(event("chat", "llm", None, outcome="error", http_status=503, latency_s=0.25))
     s = scrape(metrics)
 
-    assert value(s, "corral_requests_total", model="llm", instance="a1", route="chat", outcome="ok") == 3
-    assert value(s, "corral_requests_total", model="llm", instance="a1", route="chat", outcome="cancelled") == 1
-    assert value(s, "corral_requests_total", model="llm", instance="", route="chat", outcome="error") == 1
-    assert value(s, "corral_requests_total", model="emb", instance="e1", route="embedding", outcome="ok") == 2
+    assert value(s, "corral_requests_total", model="llm", instance_id="a1", route="chat", outcome="ok") == 3
+    assert value(s, "corral_requests_total", model="llm", instance_id="a1", route="chat", outcome="cancelled") == 1
+    assert value(s, "corral_requests_total", model="llm", instance_id="", route="chat", outcome="error") == 1
+    assert value(s, "corral_requests_total", model="emb", instance_id="e1", route="embedding", outcome="ok") == 2
     assert value(s, "corral_requests_total") == 7
 
     assert value(s, "corral_request_duration_seconds_count", model="llm", route="chat") == 5
@@ -134,9 +134,9 @@ def test_unknown_models_do_not_create_label_values(metrics: GatewayMetrics) -> N
     metrics.request_finished(event("completion", "llm", None, latency_s=0.5, prompt_tokens=4, completion_tokens=2))
     s = scrape(metrics)
     assert label_values(s, "model") == {"", "llm", "emb"}  # emb: from the router (instance_up)
-    assert value(s, "corral_requests_total", model="", instance="", route="chat", outcome="error") == 50
+    assert value(s, "corral_requests_total", model="", instance_id="", route="chat", outcome="error") == 50
     assert value(s, "corral_requests_total", model="", route="embedding", outcome="error") == 1
-    assert value(s, "corral_requests_total", model="llm", instance="", route="completion", outcome="ok") == 1
+    assert value(s, "corral_requests_total", model="llm", instance_id="", route="completion", outcome="ok") == 1
     assert value(s, "corral_request_duration_seconds_count", model="", route="chat") == 50
     assert value(s, "corral_prompt_tokens_total", model="llm") == 4
 
@@ -144,12 +144,12 @@ def test_unknown_models_do_not_create_label_values(metrics: GatewayMetrics) -> N
 async def test_router_state_is_read_at_scrape_time(router: Router, metrics: GatewayMetrics) -> None:
     held = [await router.acquire("llm", "chat") for _ in range(3)]
     s = scrape(metrics)
-    assert value(s, "corral_requests_in_flight", model="llm", instance="a1") == 3
-    assert value(s, "corral_requests_in_flight", model="llm", instance="a2") == 0
-    assert value(s, "corral_requests_in_flight", model="emb", instance="e1") == 0
-    assert value(s, "corral_instance_up", model="llm", instance="a1") == 1
-    assert value(s, "corral_instance_up", model="llm", instance="a2") == 0  # starting
-    assert value(s, "corral_instance_up", model="emb", instance="e1") == 1
+    assert value(s, "corral_requests_in_flight", model="llm", instance_id="a1") == 3
+    assert value(s, "corral_requests_in_flight", model="llm", instance_id="a2") == 0
+    assert value(s, "corral_requests_in_flight", model="emb", instance_id="e1") == 0
+    assert value(s, "corral_instance_up", model="llm", instance_id="a1") == 1
+    assert value(s, "corral_instance_up", model="llm", instance_id="a2") == 0  # starting
+    assert value(s, "corral_instance_up", model="emb", instance_id="e1") == 1
     assert not [n for n, _, _ in s if n == "corral_ejections_total"]
 
     for target in held:
@@ -157,11 +157,11 @@ async def test_router_state_is_read_at_scrape_time(router: Router, metrics: Gate
     router.failed(held[0])
     router.failed(held[0])  # eject_after=2
     s = scrape(metrics)
-    assert value(s, "corral_requests_in_flight", model="llm", instance="a1") == 0
-    assert value(s, "corral_instance_up", model="llm", instance="a1") == 0
-    assert value(s, "corral_ejections_total", model="llm", instance="a1") == 1
+    assert value(s, "corral_requests_in_flight", model="llm", instance_id="a1") == 0
+    assert value(s, "corral_instance_up", model="llm", instance_id="a1") == 0
+    assert value(s, "corral_ejections_total", model="llm", instance_id="a1") == 1
     router.succeeded(held[0])
-    assert value(scrape(metrics), "corral_instance_up", model="llm", instance="a1") == 1
+    assert value(scrape(metrics), "corral_instance_up", model="llm", instance_id="a1") == 1
 
 
 class DroppedRecords:
@@ -200,21 +200,21 @@ def test_worker_metrics_follow_status() -> None:
     worker = StubWorker()
     metrics = WorkerMetrics(worker)
     s = scrape(metrics)
-    assert value(s, "corral_engine_in_flight", model="llm", instance="i1") == 2
-    assert value(s, "corral_engine_queued", model="llm", instance="i1") == 5
-    assert value(s, "corral_engine_requests_completed_total", model="llm", instance="i1") == 40
-    assert value(s, "corral_engine_requests_cancelled_total", model="llm", instance="i1") == 3
-    assert value(s, "corral_model_load_seconds", model="llm", instance="i1") == 1.5
-    assert not [ls for n, ls, _ in s if n == "corral_model_load_seconds" and ls["instance"] == "i2"]
-    states = {ls["state"]: v for n, ls, v in s if n == "corral_instance_state" and ls["instance"] == "i1"}
+    assert value(s, "corral_engine_in_flight", model="llm", instance_id="i1") == 2
+    assert value(s, "corral_engine_queued", model="llm", instance_id="i1") == 5
+    assert value(s, "corral_engine_requests_completed_total", model="llm", instance_id="i1") == 40
+    assert value(s, "corral_engine_requests_cancelled_total", model="llm", instance_id="i1") == 3
+    assert value(s, "corral_model_load_seconds", model="llm", instance_id="i1") == 1.5
+    assert not [ls for n, ls, _ in s if n == "corral_model_load_seconds" and ls["instance_id"] == "i2"]
+    states = {ls["state"]: v for n, ls, v in s if n == "corral_instance_state" and ls["instance_id"] == "i1"}
     assert states == {"starting": 0, "ready": 1, "draining": 0, "offline": 0, "failed": 0}
-    assert value(s, "corral_instance_state", model="emb", instance="i2", state="starting") == 1
+    assert value(s, "corral_instance_state", model="emb", instance_id="i2", state="starting") == 1
 
     worker.instances[0] = {**worker.instances[0], "state": "draining", "completed_total": 41}
     s = scrape(metrics)
-    assert value(s, "corral_instance_state", instance="i1", state="ready") == 0
-    assert value(s, "corral_instance_state", instance="i1", state="draining") == 1
-    assert value(s, "corral_engine_requests_completed_total", instance="i1") == 41
+    assert value(s, "corral_instance_state", instance_id="i1", state="ready") == 0
+    assert value(s, "corral_instance_state", instance_id="i1", state="draining") == 1
+    assert value(s, "corral_engine_requests_completed_total", instance_id="i1") == 41
 
 
 async def test_metrics_route_serves_gateway_and_worker_in_one_scrape(metrics: GatewayMetrics) -> None:
@@ -228,5 +228,5 @@ async def test_metrics_route_serves_gateway_and_worker_in_one_scrape(metrics: Ga
     assert len(families) == len(set(families)), "metric names collide"
     s = [(x.name, x.labels, x.value) for f in text_string_to_metric_families(resp.text) for x in f.samples]
     assert value(s, "corral_requests_total", model="llm") == 1
-    assert value(s, "corral_engine_queued", model="llm", instance="i1") == 5
-    assert value(s, "corral_instance_up", model="llm", instance="a1") == 1
+    assert value(s, "corral_engine_queued", model="llm", instance_id="i1") == 5
+    assert value(s, "corral_instance_up", model="llm", instance_id="a1") == 1
