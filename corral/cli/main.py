@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     from corral.cli.trace_args import add_trace_command
 
     add_trace_command(sub)
+
+    from corral.cli.report_args import add_report_command
+
+    add_report_command(sub)
     return parser
 
 
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli.admin import run_admin
 
         return run_admin(args)
+    if args.command == "report":
+        from corral.cli.report import run_report
+
+        return run_report(args)
     if args.command == "trace":
         from corral.cli.trace import run_trace
 

@@ -292,13 +292,15 @@ def build_report(rows: Sequence[Row], since: float, until: float) -> tuple[str, 
     instance_stats = {key: stats(group) for key, group in by_instance.items()}
     total = stats(rows)
     shared = _top_series(by_model)
-    per_min = 60.0 / step
+
+    def minutes(t: float) -> float:  # of the bucket starting at t inside [since, until]: the ends are partial
+        return max(min(t + step, until) - max(t, since), 1.0) / 60.0
 
     def over_time(groups: dict[str, list[Row]], value: Any) -> list[Series]:
-        return [(name, [(t, value(b)) for t, b in zip(starts, _by_bucket(g, starts, step))])
+        return [(name, [(t, value(t, b)) for t, b in zip(starts, _by_bucket(g, starts, step))])
                 for name, g in groups.items()]
 
-    def error_pct(bucket: list[Row]) -> float | None:
+    def error_pct(_: float, bucket: list[Row]) -> float | None:
         return 100.0 * sum(r.get("outcome") == "error" for r in bucket) / len(bucket) if bucket else None
 
     def pct_series(group: list[Row], field: str) -> list[Series]:
@@ -306,13 +308,14 @@ def build_report(rows: Sequence[Row], since: float, until: float) -> tuple[str, 
         vals = [[r[field] for r in b if r.get(field) is not None] for b in buckets]
         return [(f"p{q}", [(t, percentile(v, q)) for t, v in zip(starts, vals)]) for q in (50, 90, 99)]
 
-    step_text = f"{step // 60} min" if step >= 60 else f"{step} s"
+    step_text = next(f"{step // size} {unit}" for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
+                     if step % size == 0)
     charts = [
         line_chart(f"Requests per minute (per {step_text})", "requests/min",
-                   over_time(shared, lambda b: len(b) * per_min), since, until),
+                   over_time(shared, lambda t, b: len(b) / minutes(t)), since, until),
         line_chart(f"Error rate (per {step_text})", "errors %", over_time(shared, error_pct), since, until),
         line_chart(f"Completion tokens per minute (per {step_text})", "tokens/min",
-                   over_time(shared, lambda b: sum(r.get("completion_tokens") or 0 for r in b) * per_min),
+                   over_time(shared, lambda t, b: sum(r.get("completion_tokens") or 0 for r in b) / minutes(t)),
                    since, until),
         bar_chart("Requests by instance", [
             (f"{inst} ({model})", s.requests - s.errors, s.errors)
@@ -344,7 +347,7 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: 
     head = "".join(f"<th{' class=num' if i in numeric else ''}>{escape(h)}</th>" for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{escape(str(c))}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _request_cells(r: Row) -> list[Any]:
@@ -355,11 +358,13 @@ def _request_cells(r: Row) -> list[Any]:
 
 _CSS = """body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#111827;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #e5e7eb}h3{font-size:15px}
-.meta{color:#4b5563}.charts{display:flex;flex-wrap:wrap;gap:16px}
+.meta{color:#4b5563}.scroll{overflow-x:auto}.charts{display:flex;flex-wrap:wrap;gap:16px}
 svg.chart{background:#fff;border:1px solid #e5e7eb;border-radius:6px;max-width:100%;height:auto}
-svg.chart text{font:12px system-ui,sans-serif;fill:#374151}svg.chart text.title{font-size:14px;font-weight:600;fill:#111827}
+svg.chart text{font:12px system-ui,sans-serif;fill:#374151}
+svg.chart text.title{font-size:14px;font-weight:600;fill:#111827}
 svg.chart .grid{stroke:#e5e7eb}svg.chart .axis{stroke:#6b7280}svg.chart text.empty{fill:#9ca3af;font-size:14px}
-table{border-collapse:collapse;margin:8px 0}th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:left}
+table{border-collapse:collapse;margin:8px 0}
+th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:left}
 th{background:#f9fafb}.num{text-align:right;font-variant-numeric:tabular-nums}"""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.routing import Route
 
+from corral.core.errors import CorralError
 from corral.core.observe import Observers
 from corral.core.spec import ServerSettings
 from corral.gateway.router import Router
@@ -48,7 +49,11 @@ class Observability:
 
     async def open(self) -> None:
         if self.records is not None:
-            await self.records.open()
+            try:
+                await self.records.open()
+            except CorralError as exc:  # records are never worth refusing to serve
+                log.warning("request records disabled until restart: %s", exc.message)
+                self.records = None
 
     async def close(self) -> None:
         if self.records is not None:

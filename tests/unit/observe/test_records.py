@@ -22,7 +22,8 @@ MARKER = "MARKER-7f3a9c-never-stored"
 
 
 def event(rid: str, **fields: object) -> RequestEvent:
-    e = RequestEvent(request_id=rid, route="chat", started_at=fields.pop("started_at", time.time()))  # type: ignore[arg-type]
+    started = float(fields.pop("started_at", time.time()))  # type: ignore[arg-type]
+    e = RequestEvent(request_id=rid, route="chat", started_at=started)
     for name, value in fields.items():
         setattr(e, name, value)
     return e

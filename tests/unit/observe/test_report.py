@@ -98,6 +98,15 @@ def test_report_html_has_one_svg_chart_per_chart_with_drawn_lines() -> None:
             assert paths and all(d.startswith("M") for d in paths), title
 
 
+def test_throughput_chart_is_requests_per_minute() -> None:
+    bucket = (NOW // 120) * 120 - 1200  # a whole 2-minute bucket inside the 2-hour window
+    html, _ = build_report([row(i, time=bucket + i) for i in range(50)], NOW - 7200, NOW)
+    chart = re.search(r'<svg class="chart".*?</svg>', html, flags=re.S).group(0)  # type: ignore[union-attr]
+    assert ">25</text>" in chart  # 50 requests in 2 minutes: the axis tops out at 25/min
+    assert re.search(r"[ML][\d.]+ 40\.0", chart)  # one point at the top of the plot (y = TOP)
+    assert ">0</text>" in chart
+
+
 def test_report_html_is_self_contained_and_escaped() -> None:
     html, _ = build_report(known_rows(), NOW - 7200, NOW)
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
@@ -112,7 +121,8 @@ def test_report_tables_models_instances_slowest_and_failed() -> None:
     alpha = re.search(r"<tr><td>alpha</td>(.*?)</tr>", models).group(1)  # type: ignore[union-attr]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", alpha)
     assert cells[:10] == ["100", "0", "0.0", "0", "505ms", "901ms", "990ms", "50ms", "90ms", "99ms"]
-    beta = re.findall(r"<td[^>]*>(.*?)</td>", re.search(r"<tr><td>beta</td>(.*?)</tr>", models).group(1))  # type: ignore[union-attr]
+    beta_row = re.search(r"<tr><td>beta</td>(.*?)</tr>", models).group(1)  # type: ignore[union-attr]
+    beta = re.findall(r"<td[^>]*>(.*?)</td>", beta_row)
     assert beta[:3] == ["10", "2", "20.0"] and beta[-1] == "2.67 (6)"
     slowest = html[html.index("<h2>Slowest requests (20)</h2>"):html.index("<h2>Failed requests")]
     assert slowest.count("<tr><td>") == 20
