@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.corral-installed
 
-.PHONY: install run test test-unit clean
+.PHONY: install run test test-unit bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: install
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/observability.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
