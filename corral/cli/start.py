@@ -98,7 +98,11 @@ def run_start(args: argparse.Namespace) -> int:
     from corral.standalone import Standalone
 
     runner = Runner()
-    standalone = Standalone(settings, runner.fatal, admin_token)
+    try:
+        standalone = Standalone(settings, runner.fatal, admin_token)
+    except ConfigError as exc:  # e.g. an unsupported records URL
+        print(f"corral: error: {exc.message}", file=sys.stderr)
+        return 2
     _announce(settings.server)
     return runner.run(standalone.app, settings.server.host, settings.server.port, settings.server.log_level)
 

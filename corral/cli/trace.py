@@ -23,12 +23,19 @@ def _since(text: str) -> float:
         raise CorralError(f"--since {text!r}: use a number and a unit, e.g. 30m, 24h, 7d") from None
 
 
-async def _rows(args: argparse.Namespace, since: float) -> list[dict[str, Any]]:
+async def _rows(args: argparse.Namespace, since: float | None = None, ident: str | None = None) -> list[dict[str, Any]]:
+    """Records since a time, or those of one trace (by trace id, else by request id)."""
     store = RecordStore(args.records or default_records_url())
     try:
         if not await store.has_table():
             raise CorralError("no request records yet: serve some requests first (or pass --records URL)")
-        return await store.query(since)
+        if ident is None:
+            return await store.query(since or 0.0)
+        rows = await store.by_trace(ident)
+        if not rows:
+            one = await store.get(ident)
+            rows = await store.by_trace(one["trace_id"]) if one and one.get("trace_id") else []
+        return rows
     finally:
         await store.close()
 
@@ -39,8 +46,7 @@ def run_trace(args: argparse.Namespace) -> int:
             rows = asyncio.run(_rows(args, _since(args.since)))
             rows = [r for r in rows if r.get("trace_id")][-args.limit :]
             return _list(rows, args.json)
-        rows = asyncio.run(_rows(args, 0.0))
-        match = [r for r in rows if args.id in (r.get("trace_id"), r.get("request_id"))]
+        match = asyncio.run(_rows(args, ident=args.id))
         if not match:
             raise CorralError(f"no trace {args.id!r} in the request records")
         return _show(match, args.json)

@@ -63,6 +63,10 @@ class Observers:
     def add(self, observer: Observer) -> None:
         self._observers.append(observer)
 
+    def remove(self, observer: Observer) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
     def __bool__(self) -> bool:
         return bool(self._observers)
 

@@ -53,6 +53,7 @@ class Observability:
                 await self.records.open()
             except CorralError as exc:  # records are never worth refusing to serve
                 log.warning("request records disabled until restart: %s", exc.message)
+                self.tracker.observers.remove(self.records)
                 self.records = None
 
     async def close(self) -> None:

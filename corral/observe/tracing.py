@@ -98,8 +98,8 @@ class OtlpExporter:
     """Sends spans to an OTLP/HTTP (JSON) collector in batches, from a background task.
     Bounded: when the collector is slow or down, spans are dropped and counted."""
 
-    def __init__(self, endpoint: str, service: str, queue_size: int = 10_000) -> None:
-        self._url = endpoint.rstrip("/") + "/v1/traces"
+    def __init__(self, url: str, service: str, queue_size: int = 10_000) -> None:
+        self._url = url
         self._service = service
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -107,8 +107,12 @@ class OtlpExporter:
 
     @classmethod
     def from_env(cls, service: str) -> OtlpExporter | None:
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        return cls(endpoint, service) if endpoint else None
+        # as OpenTelemetry defines them: the traces variable is the full URL, the other a base
+        traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if traces:
+            return cls(traces, service)
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        return cls(base.rstrip("/") + "/v1/traces", service) if base else None
 
     def request_finished(self, event: RequestEvent) -> None:
         if self._task is None:
@@ -126,7 +130,10 @@ class OtlpExporter:
                 while len(batch) < 512 and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 try:
-                    await http.post(self._url, json=self._payload(batch))
+                    resp = await http.post(self._url, json=self._payload(batch))
+                    if resp.status_code >= 400:
+                        self.dropped_total += len(batch)
+                        log.debug("OTLP collector answered HTTP %d", resp.status_code)
                 except httpx.HTTPError as exc:
                     self.dropped_total += len(batch)
                     log.debug("OTLP export failed: %s", exc)

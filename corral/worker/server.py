@@ -57,12 +57,13 @@ def create_worker_app(
         return instance
 
     async def generate(request: Request) -> Response:
+        received = time.time()
         instance = instance_for(request, TextGeneration)
         req = wire.decode_generation(await read_body(request, MAX_INTERNAL_BODY))
         started = time.time()
         with worker.track(instance):
             stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
-        trace = WorkerTrace(req.traceparent, instance, started) if req.traceparent else None
+        trace = WorkerTrace(req.traceparent, instance, received, started) if req.traceparent else None
         return StreamingResponse(_lines(worker, instance, stream, trace), media_type="application/x-ndjson")
 
     async def embed(request: Request) -> Response:
@@ -135,10 +136,11 @@ def create_worker_app(
 class WorkerTrace:
     """The worker's and the engine's spans of one traced request, sent back at its end."""
 
-    def __init__(self, traceparent: str, instance: Instance, started: float) -> None:
+    def __init__(self, traceparent: str, instance: Instance, received: float, started: float) -> None:
         self.parent = tracing.parse_traceparent(traceparent)
         self.instance = instance
-        self.started = started
+        self.received = received  # the worker's span: from the request's arrival
+        self.started = started  # the engine's span: from the call into the engine
         self.first_token: float | None = None
 
     def spans(self, end: GenerationEnd) -> tuple[dict[str, Any], ...]:
@@ -153,7 +155,7 @@ class WorkerTrace:
                         "gen_ai.usage.output_tokens": end.usage.completion_tokens,
                         "corral.ttft_s": (self.first_token - self.started) if self.first_token else None}
         return (
-            tracing.span("corral.worker", trace_id, worker_span, parent, self.started, now, attrs),
+            tracing.span("corral.worker", trace_id, worker_span, parent, self.received, time.time(), attrs),
             tracing.span("corral.engine.generate", trace_id, engine_span, worker_span, self.started, now, engine_attrs),
         )
 
