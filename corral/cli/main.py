@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     from corral.cli.report_args import add_report_command
 
     add_report_command(sub)
+
+    engines = sub.add_parser("engines", help="engines this installation knows, and how to install missing ones")
+    engines.add_argument("--json", action="store_true", help="machine output")
     return parser
 
 
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli.admin import run_admin
 
         return run_admin(args)
+    if args.command == "engines":
+        from corral.cli.engines import run_engines
+
+        return run_engines(args)
     if args.command == "report":
         from corral.cli.report import run_report
 
