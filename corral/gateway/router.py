@@ -132,6 +132,10 @@ class Router:
     def models(self) -> dict[str, list[InstanceRecord]]:
         return {name: [t.record for t in targets] for name, targets in self._by_model.items()}
 
+    def queued(self) -> dict[str, int]:
+        """Requests waiting for a free instance, per model."""
+        return {model: len(queue) for model, queue in self._queues.items()}
+
     def targets(self, model: str) -> list[Target]:
         return list(self._by_model.get(model, ()))
 

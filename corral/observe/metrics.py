@@ -193,7 +193,12 @@ class _RouterCollector:
         gaps = HistogramMetricFamily("corral_inter_token_latency_seconds", "Time between tokens.", labels=["model"])
         for model, buckets in sorted(self._gaps.items()):
             gaps.add_metric([model], buckets.cumulative(), buckets.total)
-        yield from (in_flight, up, ejections, gaps)
+        queued = GaugeMetricFamily(
+            "corral_requests_queued", "Requests waiting at the gateway for a free instance.", labels=["model"]
+        )
+        for model, waiting in sorted(self._router.queued().items()):
+            queued.add_metric([model], waiting)
+        yield from (in_flight, up, ejections, gaps, queued)
 
 
 class WorkerMetrics(_Base):

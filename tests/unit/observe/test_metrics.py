@@ -230,3 +230,20 @@ async def test_metrics_route_serves_gateway_and_worker_in_one_scrape(metrics: Ga
     assert value(s, "corral_requests_total", model="llm") == 1
     assert value(s, "corral_engine_queued", model="llm", instance_id="i1") == 5
     assert value(s, "corral_instance_up", model="llm", instance_id="a1") == 1
+
+
+async def test_gateway_queue_is_exported() -> None:
+    registry = EmbeddedRegistry()
+    r = Router(registry, lambda rec: object(), RouterSettings(queue_timeout=5))
+    await r.start()
+    await registry.put(InstanceRecord("one-1", "one", ModelKind.LLM, "fake", "w", InstanceState.READY, max_concurrency=1))
+    await asyncio.sleep(0)
+    held = await r.acquire("one", "chat")
+    waiter = asyncio.ensure_future(r.acquire("one", "chat"))
+    await asyncio.sleep(0.01)
+    metrics = GatewayMetrics(r)
+    assert value(scrape(metrics), "corral_requests_queued", model="one") == 1
+    r.release(held)
+    r.release(await waiter)
+    assert value(scrape(metrics), "corral_requests_queued", model="one") == 0
+    await r.stop()
