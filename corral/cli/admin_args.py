@@ -142,12 +142,16 @@ def check_deploy(args: argparse.Namespace) -> None:
 
 
 def default_kind(engine: str) -> str:
-    """The kind an engine serves when it serves only one, else ``llm``."""
+    """The engine's kind when it serves one; of several, ``llm`` if among them, else
+    ``embedding`` (a reranker must be asked for with --kind rerank)."""
     try:
         from corral.engines.catalog import get_entry
 
         kinds = get_entry(engine).kinds
-        return next(iter(kinds)).value if len(kinds) == 1 else "llm"
+        values = {k.value for k in kinds}
+        if len(values) == 1:
+            return values.pop()
+        return "llm" if "llm" in values else ("embedding" if "embedding" in values else sorted(values)[0])
     except Exception:  # an engine only the server knows: let the server decide
         return "llm"
 
@@ -248,7 +252,7 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--file", metavar="FILE", help="a TOML file with a [[models]] table (NAME picks one of several)")
     p.add_argument("--engine", help="e.g. transformers, sentence-transformers")
     p.add_argument("--source", help="local path, hub id, demo:tiny-llama or package:MODULE (a path on the worker)")
-    p.add_argument("--kind", choices=["llm", "embedding"], help="default: what the engine serves, else llm")
+    p.add_argument("--kind", choices=["llm", "embedding", "rerank"], help="default: what the engine serves, else llm")
     p.add_argument("--replicas", type=_positive, metavar="N", help="instances to run (default 1)")
     p.add_argument("--routing", choices=ROUTING_POLICIES, metavar="POLICY",
                    help=f"balancing policy: {', '.join(ROUTING_POLICIES)} (default power_of_two)")

@@ -30,7 +30,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     w.add_argument("--config", metavar="FILE", help="TOML with [[models]] to host")
     w.add_argument("--model", metavar="PATH_OR_HUB_ID", help="host one model without a file")
     w.add_argument("--name", help="model name for --model")
-    w.add_argument("--kind", choices=["llm", "embedding"])
+    w.add_argument("--kind", choices=["llm", "embedding", "rerank"])
     w.add_argument("--engine")
     w.add_argument("--advertise-address", metavar="URL", help="address gateways use to reach this worker")
     w.add_argument("--lease-ttl", type=float, default=5.0, help="seconds before a silent worker's instances vanish")

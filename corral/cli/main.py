@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--config", metavar="FILE", help="TOML file declaring [server] and [[models]]")
     start.add_argument("--model", metavar="PATH_OR_HUB_ID", help="serve one model without a config file")
     start.add_argument("--name", help="name clients use for --model (default: its last path component)")
-    start.add_argument("--kind", choices=["llm", "embedding"], help="kind of --model (default: detected)")
+    start.add_argument("--kind", choices=["llm", "embedding", "rerank"], help="kind of --model (default: detected)")
     start.add_argument("--engine", help="engine of --model (default: transformers or sentence-transformers)")
     start.add_argument("--host", help="bind address (default 127.0.0.1)")
     start.add_argument("--port", type=int, help="port (default 8000)")

@@ -36,6 +36,7 @@ from corral.core.types import (
     GenerationChunk,
     GenerationEnd,
     GenerationRequest,
+    RerankRequest,
     SamplingParams,
     Usage,
 )
@@ -140,6 +141,23 @@ def decode_embedding(body: bytes) -> EmbeddingRequest:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise InvalidRequest(f"malformed internal embedding request: {exc}") from None
+
+
+def encode_rerank(req: RerankRequest) -> bytes:
+    return orjson.dumps(
+        {"request_id": req.request_id, "model": req.model, "query": req.query, "documents": list(req.documents)}
+    )
+
+
+def decode_rerank(body: bytes) -> RerankRequest:
+    try:
+        d = orjson.loads(body)
+        return RerankRequest(
+            request_id=str(d["request_id"]), model=str(d["model"]), query=str(d["query"]),
+            documents=tuple(str(t) for t in d["documents"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"malformed internal rerank request: {exc}") from None
 
 
 def error_to_wire(exc: CorralError) -> dict[str, Any]:

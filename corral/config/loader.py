@@ -50,7 +50,7 @@ class _ModelTable(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, pattern=_NAME_PATTERN)
-    kind: Literal["llm", "embedding"]
+    kind: Literal["llm", "embedding", "rerank"]
     engine: str = Field(min_length=1)
     source: str = Field(min_length=1)
     replicas: int = Field(1, ge=1)

@@ -24,7 +24,7 @@ Policy = Literal[ROUTING_POLICIES]  # type: ignore[valid-type]
 class DeployBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     name: StrictStr
-    kind: Literal["llm", "embedding"] = "llm"
+    kind: Literal["llm", "embedding", "rerank"] = "llm"
     engine: StrictStr
     source: StrictStr
     options: dict[str, Any] = Field(default_factory=dict)

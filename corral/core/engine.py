@@ -19,6 +19,8 @@ from corral.core.types import (
     GenerationChunk,
     GenerationEnd,
     GenerationRequest,
+    RerankRequest,
+    RerankResult,
 )
 
 
@@ -51,3 +53,10 @@ class TextGeneration(Protocol):
 @runtime_checkable
 class Embedding(Protocol):
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
+
+
+@runtime_checkable
+class Rerank(Protocol):
+    """Relevance of each document to a query; higher is more relevant."""
+
+    async def rerank(self, request: RerankRequest) -> RerankResult: ...

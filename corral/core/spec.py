@@ -18,6 +18,7 @@ ROUTING_POLICIES = ("power_of_two", "round_robin", "weighted", "least_requests",
 class ModelKind(str, Enum):
     LLM = "llm"
     EMBEDDING = "embedding"
+    RERANK = "rerank"
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,20 @@ class EmbeddingResult:
     usage: Usage
 
 
+@dataclass(frozen=True)
+class RerankRequest:
+    request_id: str
+    model: str
+    query: str
+    documents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    scores: list[float]  # one per document, in the request's order
+    usage: Usage
+
+
 @dataclass
 class EngineLoad:
     """What an engine reports about its own work, for balancing and debugging."""

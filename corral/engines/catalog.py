@@ -70,10 +70,10 @@ BUILTIN: tuple[EngineEntry, ...] = (
     ),
     EngineEntry(
         name="sentence-transformers",
-        kinds=frozenset({ModelKind.EMBEDDING}),
-        serves=("embedding",),
+        kinds=frozenset({ModelKind.EMBEDDING, ModelKind.RERANK}),
+        serves=("embedding", "rerank"),
         options="corral.engines.sentence_transformers.options:SentenceTransformersOptions",
-        factory="corral.engines.sentence_transformers.engine:SentenceTransformersEngine",
+        factory="corral.engines.sentence_transformers.engine:create",
         requires=("torch", "sentence_transformers"),
         extra="sentence-transformers",
     ),

@@ -13,11 +13,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from corral.core.engine import Embedding, TextGeneration
+from corral.core.engine import Embedding, Rerank, TextGeneration
 from corral.core.errors import CorralError, EngineError, InstanceLost, Overloaded, Unavailable
 from corral.core.observe import MAX_GAPS, RequestEvent
 from corral.observe.tracing import new_id, span
-from corral.core.types import EmbeddingRequest, EmbeddingResult, GenerationChunk, GenerationEnd, GenerationRequest, Usage
+from corral.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationEnd,
+    GenerationRequest,
+    RerankRequest,
+    RerankResult,
+    Usage,
+)
 from corral.gateway.router import Router, Target
 
 log = logging.getLogger("corral.requests")
@@ -215,12 +224,30 @@ class Pipeline:
             assert isinstance(client, Embedding)
             return await client.embed(request)
 
-        tried: set[str] = set()
-        target, result = await self._dispatch(request.model, "embedding", None, run, tried)
-        self._router.release(target)
-        _served_by(event, target, len(tried))
+        served_by, result = await self._unary(request.model, "embedding", run, event)
         if event is not None:
             event.prompt_tokens = result.usage.prompt_tokens
+        return served_by, result
+
+    async def rerank(self, request: RerankRequest, event: RequestEvent | None = None) -> tuple[str, RerankResult]:
+        async def run(target: Target) -> RerankResult:
+            client = target.client
+            assert isinstance(client, Rerank)
+            return await client.rerank(request)
+
+        served_by, result = await self._unary(request.model, "rerank", run, event)
+        if event is not None:
+            event.prompt_tokens = result.usage.prompt_tokens
+        return served_by, result
+
+    async def _unary(
+        self, model: str, capability: str, run: Callable[[Target], Awaitable[R]], event: RequestEvent | None
+    ) -> tuple[str, R]:
+        """A request with one answer (no stream): dispatch with retries, then release."""
+        tried: set[str] = set()
+        target, result = await self._dispatch(model, capability, None, run, tried)
+        self._router.release(target)
+        _served_by(event, target, len(tried))
         return target.instance_id, result
 
 

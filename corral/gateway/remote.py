@@ -10,6 +10,7 @@ which the worker sees as a disconnect and cancels the engine's work.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -24,6 +25,8 @@ from corral.core.types import (
     GenerationChunk,
     GenerationEnd,
     GenerationRequest,
+    RerankRequest,
+    RerankResult,
     Usage,
 )
 
@@ -75,17 +78,23 @@ class RemoteInstance:
             raise InstanceLost(f"the instance at {self.address} ended the stream early")
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        data = await self._unary("embed", wire.encode_embedding(request))
+        return EmbeddingResult(vectors=data["v"], usage=Usage(data["u"][0], 0))
+
+    async def rerank(self, request: RerankRequest) -> RerankResult:
+        data = await self._unary("rerank", wire.encode_rerank(request))
+        return RerankResult(scores=data["s"], usage=Usage(data["u"][0], 0))
+
+    async def _unary(self, action: str, body: bytes) -> Any:
         try:
             resp = await self._http.post(
-                f"{self._base}/embed", content=wire.encode_embedding(request),
-                headers={"content-type": "application/json"},
+                f"{self._base}/{action}", content=body, headers={"content-type": "application/json"}
             )
         except (httpx.TransportError, OSError) as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
         if resp.status_code != 200:
             raise _error(resp.status_code, resp.content)
-        data = orjson.loads(resp.content)
-        return EmbeddingResult(vectors=data["v"], usage=Usage(data["u"][0], 0))
+        return orjson.loads(resp.content)
 
 
 def _error(status: int, body: bytes) -> CorralError:

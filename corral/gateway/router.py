@@ -25,7 +25,11 @@ from corral.gateway.balancers import make_balancer
 
 log = logging.getLogger(__name__)
 
-KIND_SERVES = {ModelKind.LLM: frozenset({"chat", "completion"}), ModelKind.EMBEDDING: frozenset({"embedding"})}
+KIND_SERVES = {
+    ModelKind.LLM: frozenset({"chat", "completion"}),
+    ModelKind.EMBEDDING: frozenset({"embedding"}),
+    ModelKind.RERANK: frozenset({"rerank"}),
+}
 
 
 @dataclass(eq=False)

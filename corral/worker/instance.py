@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from corral.core.engine import Embedding, Engine, TextGeneration
+from corral.core.engine import Embedding, Engine, Rerank, TextGeneration
 from corral.core.registry import InstanceRecord, InstanceState
 from corral.core.spec import ModelSpec
 
@@ -16,6 +16,8 @@ def capabilities(engine: object) -> frozenset[str]:
         caps.update(("chat", "completion"))
     if isinstance(engine, Embedding):
         caps.add("embedding")
+    if isinstance(engine, Rerank):
+        caps.add("rerank")
     return frozenset(caps)
 
 

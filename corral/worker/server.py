@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from corral.cluster import wire
-from corral.core.engine import Embedding, TextGeneration
+from corral.core.engine import Embedding, Rerank, TextGeneration
 from corral.core.errors import CorralError, EngineError, EngineNotInstalled, InvalidRequest, Unavailable
 from corral.core.state import spec_from_json
 from corral.engines.catalog import get_entry
@@ -72,6 +72,13 @@ def create_worker_app(
         with worker.track(instance):
             result = await instance.engine.embed(req)  # type: ignore[attr-defined]
         return json_response(200, {"v": result.vectors, "u": [result.usage.prompt_tokens, 0]})
+
+    async def rerank(request: Request) -> Response:
+        instance = instance_for(request, Rerank)
+        req = wire.decode_rerank(await read_body(request, MAX_INTERNAL_BODY))
+        with worker.track(instance):
+            result = await instance.engine.rerank(req)  # type: ignore[attr-defined]
+        return json_response(200, {"s": result.scores, "u": [result.usage.prompt_tokens, 0]})
 
     async def start_instance(request: Request) -> Response:
         body = orjson.loads(await read_body(request, 1024 * 1024) or b"{}")
@@ -122,6 +129,7 @@ def create_worker_app(
             metrics_route(WorkerMetrics(worker)),
             Route("/internal/v1/instances/{instance_id}/generate", generate, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}/embed", embed, methods=["POST"]),
+            Route("/internal/v1/instances/{instance_id}/rerank", rerank, methods=["POST"]),
             Route("/internal/v1/instances", start_instance, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}", stop_instance, methods=["DELETE"]),
             Route("/internal/v1/instances/{instance_id}/offline", offline, methods=["POST"]),

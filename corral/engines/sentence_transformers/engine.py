@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.core.errors import EngineError, InvalidRequest, Overloaded, Unavailable
-from corral.core.spec import ModelSpec
+from corral.core.spec import ModelKind, ModelSpec
 from corral.core.types import EmbeddingRequest, EmbeddingResult, EngineLoad, Usage
 from corral.engines import sources
 from corral.engines.sentence_transformers.options import SentenceTransformersOptions
@@ -132,3 +132,12 @@ class SentenceTransformersEngine:
             show_progress_bar=False,
         )
         return array.tolist(), counts
+
+
+def create(spec: ModelSpec, options: SentenceTransformersOptions) -> object:
+    """The catalog's factory: embeddings, or reranking for ``kind = "rerank"``."""
+    if spec.kind is ModelKind.RERANK:
+        from corral.engines.sentence_transformers.rerank import RerankEngine
+
+        return RerankEngine(spec, options)
+    return SentenceTransformersEngine(spec, options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -13,4 +15,7 @@ class SentenceTransformersOptions(BaseModel):
     max_queue: int = Field(1024, ge=0, description="texts waiting to be encoded before 429")
     device: str = "cpu"
     normalize: bool = Field(True, description="unit-length vectors, as OpenAI returns")
+    mode: Literal["auto", "cross-encoder", "bi-encoder"] = Field(
+        "auto", description="rerank models: a CrossEncoder, or embeddings' cosine similarity"
+    )
     revision: str | None = None

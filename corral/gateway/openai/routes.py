@@ -30,6 +30,7 @@ from corral.protocol.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingsRequest,
+    RerankRequestIn,
     SamplingFields,
 )
 
@@ -53,6 +54,7 @@ class OpenAIRoutes:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/rerank", self.rerank, methods=["POST"]),
         ]
 
     async def _parse(self, request: Request, model: type[M]) -> M:
@@ -120,6 +122,19 @@ class OpenAIRoutes:
             event.params = {"encoding_format": req.encoding_format, "inputs": 1 if isinstance(req.input, str) else len(req.input)}
             served_by, result = await self._pipeline.embed(translate.embeddings(req, rid), event)
             body = responses.embeddings(req.model, result.vectors, req.encoding_format, result.usage.prompt_tokens)
+            return json_response(200, body, {INSTANCE_HEADER: served_by})
+
+    async def rerank(self, request: Request) -> Response:
+        rid = request.scope["state"]["request_id"]
+        async with self._track(request, "rerank") as event:
+            req = await self._parse(request, RerankRequestIn)
+            event.model = req.model
+            event.params = {"documents": len(req.documents), "top_n": req.top_n}
+            internal = translate.rerank(req, rid)
+            served_by, result = await self._pipeline.rerank(internal, event)
+            ranked = sorted(enumerate(result.scores), key=lambda p: p[1], reverse=True)[: req.top_n]
+            documents = list(internal.documents) if req.return_documents else None
+            body = responses.rerank(f"rerank-{rid}", req.model, ranked, documents, result.usage.prompt_tokens)
             return json_response(200, body, {INSTANCE_HEADER: served_by})
 
     def _track(self, request: Request, route: str) -> AbstractAsyncContextManager[RequestEvent]:

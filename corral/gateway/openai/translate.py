@@ -7,12 +7,13 @@ field, rather than silently ignored.
 from __future__ import annotations
 
 from corral.core.errors import InvalidRequest
-from corral.core.types import ChatMessage, EmbeddingRequest, GenerationRequest, SamplingParams
+from corral.core.types import ChatMessage, EmbeddingRequest, GenerationRequest, RerankRequest, SamplingParams
 from corral.protocol.openai.requests import (
     ChatCompletionRequest,
     ChatMessageIn,
     CompletionRequest,
     EmbeddingsRequest,
+    RerankRequestIn,
     SamplingFields,
     TextPart,
 )
@@ -94,6 +95,11 @@ def completions(req: CompletionRequest, request_id: str, session: str | None = N
         )
         for i, prompt in enumerate(prompts)
     ]
+
+
+def rerank(req: RerankRequestIn, request_id: str) -> RerankRequest:
+    docs = tuple(d if isinstance(d, str) else d.text for d in req.documents)
+    return RerankRequest(request_id=request_id, model=req.model, query=req.query, documents=docs)
 
 
 def embeddings(req: EmbeddingsRequest, request_id: str) -> EmbeddingRequest:

@@ -92,6 +92,22 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
 
 
+class RerankDocument(BaseModel):
+    model_config = _CONFIG
+    text: StrictStr
+
+
+class RerankRequestIn(BaseModel):
+    """The Jina / Cohere rerank request: documents as strings or ``{"text": ...}``."""
+
+    model_config = _CONFIG
+    model: StrictStr
+    query: Annotated[StrictStr, Field(min_length=1)]
+    documents: Annotated[list[StrictStr | RerankDocument], Field(min_length=1, max_length=4096)]
+    top_n: PositiveInt | None = None
+    return_documents: bool = False
+
+
 class EmbeddingsRequest(BaseModel):
     model_config = _CONFIG
     model: StrictStr

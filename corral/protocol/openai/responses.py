@@ -90,6 +90,21 @@ def embeddings(model: str, vectors: list[list[float]], encoding: str, prompt_tok
     }
 
 
+def rerank(
+    id_: str, model: str, ranked: list[tuple[int, float]], documents: list[str] | None, prompt_tokens: int
+) -> dict[str, Any]:
+    """``ranked``: (document index, relevance score), best first."""
+    return {
+        "id": id_,
+        "model": model,
+        "results": [
+            {"index": i, "relevance_score": score, **({"document": {"text": documents[i]}} if documents else {})}
+            for i, score in ranked
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
 def models_list(names: list[tuple[str, int]]) -> dict[str, Any]:
     return {
         "object": "list",
