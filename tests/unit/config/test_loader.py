@@ -158,7 +158,7 @@ def test_bool_option_where_int_expected(tmp_path: Path) -> None:
 
 def test_bad_kind(tmp_path: Path) -> None:
     message = error_of(tmp_path, MODEL.replace('"llm"', '"chat"'))
-    assert ":3: models[0].kind: Input should be 'llm' or 'embedding'" in message
+    assert ":3: models[0].kind: Input should be 'llm', 'embedding' or 'rerank'" in message
 
 
 def test_bad_name(tmp_path: Path) -> None:

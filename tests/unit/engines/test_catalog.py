@@ -18,7 +18,7 @@ def test_builtin_engines_are_listed_with_their_capabilities() -> None:
     out = subprocess.run([sys.executable, "-m", "corral.cli.main", "engines", "--json"], capture_output=True, text=True, check=True)
     engines = {e["engine"]: e for e in json.loads(out.stdout)["engines"]}
     assert engines["transformers"]["serves"] == ["chat", "completion"] and engines["transformers"]["installed"]
-    assert engines["sentence-transformers"]["serves"] == ["embedding"]
+    assert engines["sentence-transformers"]["serves"] == ["embedding", "rerank"]
     table = subprocess.run([sys.executable, "-m", "corral.cli.main", "engines"], capture_output=True, text=True, check=True)
     assert table.stdout.splitlines()[0].split() == ["ENGINE", "SERVES", "INSTALLED", "TO", "INSTALL"]
 
