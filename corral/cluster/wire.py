@@ -161,9 +161,12 @@ def decode_rerank(body: bytes) -> RerankRequest:
 
 
 def error_to_wire(exc: CorralError) -> dict[str, Any]:
-    return {
-        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code, "status": exc.status}
+    error: dict[str, Any] = {
+        "message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code, "status": exc.status
     }
+    if isinstance(exc, Overloaded):
+        error["retry_after"] = exc.retry_after
+    return {"error": error}
 
 
 _BY_STATUS: dict[int, type[CorralError]] = {
@@ -187,5 +190,5 @@ def error_from_wire(status: int, body: Any) -> CorralError:
     else:
         cls = _BY_STATUS.get(status, EngineError)
     if cls is Overloaded:
-        return Overloaded(message)
+        return Overloaded(message, retry_after=float(err.get("retry_after") or 1.0))
     return cls(message, param=err.get("param"), code=code)

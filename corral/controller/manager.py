@@ -364,7 +364,7 @@ class Manager:
         else:
             base = {
                 "name": name, "kind": spec.kind.value, "engine": spec.engine, "source": spec.source,
-                "options": spec.options, "routing": spec.routing, "replicas": spec.replicas, "managed": True,
+                "options": _redacted(spec.options), "routing": spec.routing, "replicas": spec.replicas, "managed": True,
                 "offline": spec.offline,
             }
         return {
@@ -391,3 +391,15 @@ class Manager:
             }
             for w in sorted(self.workers.values(), key=lambda w: w.worker_id)
         ]
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _redacted(options: dict[str, Any]) -> dict[str, Any]:
+    """Engine options as the admin API shows them: values of secret-looking keys hidden
+    (``api_key_env`` names a variable, not a secret, and stays)."""
+    return {
+        k: "***" if any(w in k.lower() for w in _SECRET_WORDS) and not k.lower().endswith("_env") else v
+        for k, v in options.items()
+    }

@@ -32,12 +32,14 @@ class EngineEntry:
     options: str  # "module:Class" of a pydantic model with extra="forbid"
     factory: str  # "module:callable" taking (spec, options) and returning an Engine
     requires: tuple[str, ...]  # importable module names of the optional dependency
-    extra: str  # the pip extra that installs them
+    extra: str  # the pip extra that installs them; "" if corral's own dependencies do (built in)
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
 
     def install_hint(self) -> str:
+        if not self.extra:
+            return "built in: reinstall corral (pip install --force-reinstall corral)"
         return f"pip install 'corral[{self.extra}]'"
 
     def options_model(self) -> type[BaseModel]:
@@ -69,6 +71,15 @@ BUILTIN: tuple[EngineEntry, ...] = (
         extra="transformers",
     ),
     EngineEntry(
+        name="llamacpp",
+        kinds=frozenset({ModelKind.LLM}),
+        serves=("chat", "completion"),
+        options="corral.engines.llamacpp.options:LlamaCppOptions",
+        factory="corral.engines.llamacpp.engine:LlamaCppEngine",
+        requires=("llama_cpp",),
+        extra="llamacpp",
+    ),
+    EngineEntry(
         name="sentence-transformers",
         kinds=frozenset({ModelKind.EMBEDDING, ModelKind.RERANK}),
         serves=("embedding", "rerank"),
@@ -76,6 +87,15 @@ BUILTIN: tuple[EngineEntry, ...] = (
         factory="corral.engines.sentence_transformers.engine:create",
         requires=("torch", "sentence_transformers"),
         extra="sentence-transformers",
+    ),
+    EngineEntry(
+        name="openai-compatible",
+        kinds=frozenset({ModelKind.LLM, ModelKind.EMBEDDING}),
+        serves=("chat", "completion", "embedding"),
+        options="corral.engines.openai_compatible.options:OpenAICompatibleOptions",
+        factory="corral.engines.openai_compatible.engine:create_engine",
+        requires=("httpx",),
+        extra="",  # httpx is a core dependency
     ),
 )
 

@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _STREAM_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+_VERIFY_TIMEOUT = 30.0  # seconds GET /models may take at start
 _MAX_MESSAGE = 1000  # characters of an upstream error message passed on
 
 # finish reasons seen in the wild (TGI: eos_token/stop_sequence, Anthropic-style end_turn,
@@ -102,6 +103,8 @@ def display_url(url: str) -> str:
     if parts.username is None and parts.password is None:
         return url
     host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
@@ -175,7 +178,7 @@ class OpenAICompatibleEngine:
         url = f"{self._base}/models"
         shown = display_url(url)
         try:
-            resp = await http.get(url)
+            resp = await http.get(url, timeout=min(self._opts.timeout_s, _VERIFY_TIMEOUT))
         except (httpx.RequestError, OSError) as exc:
             raise Unreachable(
                 f"model {self._spec.name!r}: the upstream server at {shown} is unreachable "
@@ -291,7 +294,7 @@ class _Generation:
                 resp = await http.send(req, stream=True)
             except (httpx.RequestError, OSError) as exc:
                 raise self._unreachable("POST", url, exc) from None
-            if resp.status_code != 200:
+            if not 200 <= resp.status_code < 300:
                 try:
                     body = await resp.aread()
                 except (httpx.RequestError, OSError):
@@ -322,7 +325,7 @@ class _Embedding:
                 raise self._unreachable("POST", url, exc) from None
         finally:
             self._in_flight -= 1
-        if resp.status_code != 200:
+        if not 200 <= resp.status_code < 300:
             raise self._http_error(resp, resp.content, "POST", url)
         try:
             data = orjson.loads(resp.content)
@@ -417,7 +420,7 @@ class _Stream:
                 yield GenerationChunk(i, request.prompt)
         try:
             if self._resp.headers.get("content-type", "").startswith("application/json"):
-                events: AsyncIterator[Any] = _whole(await self._resp.aread())  # the upstream ignored stream: true
+                events: AsyncGenerator[Any, None] = _whole(await self._resp.aread())  # the upstream ignored stream: true
             else:
                 events = _sse(self._resp)
             async with contextlib.aclosing(events):
@@ -432,8 +435,10 @@ class _Stream:
                     if obj.get("usage"):
                         usage = obj["usage"]
                     for choice in obj.get("choices") or ():
+                        if not isinstance(choice, dict):
+                            continue
                         index = choice.get("index") or 0
-                        if not 0 <= index < n:
+                        if not isinstance(index, int) or not 0 <= index < n:
                             log.debug("ignoring choice %s of %s from %s (n=%d)", index, request.request_id, engine.url, n)
                             continue
                         text = _choice_text(choice, self._chat)
@@ -442,8 +447,8 @@ class _Stream:
                         if reason and not finished[index]:
                             finish = _finish_reason(reason, engine.url)
                             finished[index] = True
-                        seen[index] = True
                         if text or finish is not None:
+                            seen[index] = True
                             yield GenerationChunk(index, text, finish)
         except (httpx.RequestError, httpx.StreamError, OSError) as exc:
             raise InstanceLost(
@@ -473,7 +478,7 @@ class _Stream:
             yield GenerationEnd(Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))))
 
 
-async def _sse(resp: httpx.Response) -> AsyncIterator[Any]:
+async def _sse(resp: httpx.Response) -> AsyncGenerator[Any, None]:
     """Parsed ``data:`` payloads of a server-sent event stream, ``_DONE`` for ``[DONE]``.
 
     Each ``data:`` line is parsed at once (servers put one JSON document per line, and
@@ -523,7 +528,7 @@ def _mark(obj: Any, event: str) -> Any:
     return obj
 
 
-async def _whole(body: bytes) -> AsyncIterator[Any]:
+async def _whole(body: bytes) -> AsyncGenerator[Any, None]:
     """A non-streamed completion body as if it were one stream event."""
     obj = orjson.loads(body)
     if isinstance(obj, dict):
