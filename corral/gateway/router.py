@@ -193,8 +193,8 @@ class Router:
         While every instance is at its concurrency limit, requests wait in a bounded
         first-come-first-served queue, at most ``queue_timeout`` seconds."""
         exclude = exclude or set()
+        free, _ = self._routable(model, capability, exclude)  # raises for unknown models: no queue for them
         queue = self._queues.setdefault(model, collections.deque())
-        free, _ = self._routable(model, capability, exclude)
         if free and not queue:
             return self._choose(model, free, request)
         if len(queue) >= self._settings.queue_limit:

@@ -9,21 +9,31 @@ Two ``Llama`` objects are loaded from the same file:
 
 - the *worker's* one (weights and context), touched only by the worker thread; it
   generates with ``create_chat_completion`` (the GGUF's own chat template) and
-  ``create_completion``, always streamed;
-- a vocabulary-only *twin* (no weights, no context), used on the event loop to render
+  ``create_completion``;
+- a vocabulary-only *twin* (no weights), used on the event loop to render
   the chat template and count prompt tokens when a request is admitted, so a bad or
   oversized request is refused before it queues and before any byte is sent.
 
 Both are given the same ``Jinja2ChatFormatter`` built from the GGUF's
 ``tokenizer.chat_template`` (llama-cpp-python would otherwise swap a recognised template
 for a built-in format of its own), and the twin tokenises exactly as llama-cpp-python's
-chat handler and ``create_completion`` do, so the admitted token count is the one
-llama.cpp evaluates.
+chat handler and ``create_completion`` do, so the admitted count is the one evaluated.
+
+Streaming without llama-cpp-python's ``stream=True``: the worker's ``Llama`` is a subclass
+whose ``generate`` (the token loop beneath both ``create_*`` calls) hands every sampled
+token to a ``_Tap``, which turns it into a text delta with the shared
+``IncrementalDetokenizer`` and ``StopMatcher``, sends it at once, and can end the loop
+between two tokens (stop string, ``max_tokens``, cancellation). The ``create_*`` call
+itself runs unstreamed and returns llama.cpp's own usage and finish reason. Why not
+``stream=True``: while a completion holds an incomplete UTF-8 run, its stream yields no
+chunk (so a cancel flag checked between chunks is never seen) and re-decodes the held
+tokens on every step, cubic in their number: with the random-weight demo model 450 tokens
+took ~20 s instead of ~0.2 s, arriving in one burst at the end. (Unstreamed, llama-cpp-python
+still re-decodes the whole completion once per token: quadratic, ~1 ms per token at 1500
+tokens, which only matters for models far faster than real ones.)
 
 Sampling follows the OpenAI parameters only: llama-cpp-python's own defaults (top_k 40,
-min_p 0.05) are switched off. Stop strings go through the shared ``StopMatcher`` rather
-than llama-cpp-python's, which keeps streamed and non-streamed text identical and tells
-a stop-string end apart from an end-of-generation token for token accounting.
+min_p 0.05) are switched off.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +62,7 @@ from corral.core.types import (
 )
 from corral.engines.llamacpp.options import LlamaCppOptions
 from corral.engines.sync import Blocking, Channel, WorkerThread, heavy_imports
-from corral.engines.textstream import StopMatcher
+from corral.engines.textstream import IncrementalDetokenizer, StopMatcher
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +70,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Out:
     """What the worker sends for one choice: a text delta, and on the last one the finish
-    reason and the number of tokens llama.cpp generated for that choice."""
+    reason and llama.cpp's token counts for that choice."""
 
     index: int
     text: str
     finish_reason: FinishReason | None = None
     completion_tokens: int = 0
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,77 @@ class _Job:
         self.emit = emit
         self.cancelled = False  # set from the event loop, read by the worker between tokens
         self.finished = False  # the consumer has every choice's end: closing it cancels nothing
+
+
+class _Tap:
+    """One choice's view of llama-cpp-python's token loop (see ``_tapped_llama``): turns
+    each sampled token into a text delta, sends it, and ends the loop between two tokens
+    on a stop string, at ``max_tokens`` or when the request is cancelled."""
+
+    __slots__ = ("job", "index", "eog", "detok", "stops", "sampled", "done")
+
+    def __init__(self, job: _Job, index: int, eog: frozenset[int], decode: Callable[[Sequence[int]], str]) -> None:
+        self.job = job
+        self.index = index
+        self.eog = eog
+        self.detok = IncrementalDetokenizer(decode)
+        self.stops = StopMatcher(job.params.stop)
+        self.sampled = 0
+        self.done = False  # end the loop once this token is taken (stop string, max_tokens)
+
+    def token(self, token: int) -> bool:
+        """Called for each sampled token before llama-cpp-python sees it; False ends the
+        loop without it."""
+        if self.job.cancelled:
+            return False
+        self.sampled += 1
+        if token in self.eog:
+            return True  # llama-cpp-python ends the completion on it (finish "stop")
+        text = self.stops.feed(self.detok.push(token))
+        if text:
+            self.job.emit(_Out(self.index, text))
+        if self.stops.stopped or self.sampled >= self.job.max_tokens:
+            self.done = True
+        return True
+
+    def last_text(self) -> str:
+        """What is still held back once the loop has ended."""
+        if self.stops.stopped:
+            return ""
+        text = self.stops.feed(self.detok.flush())
+        if not self.stops.stopped:
+            text += self.stops.flush()
+        return text
+
+
+_TAPPED: Any = None
+
+
+def _tapped_llama() -> Any:
+    """``llama_cpp.Llama`` whose ``generate`` (the token loop under ``create_completion``
+    and ``create_chat_completion``) reports every token to the instance's ``tap``."""
+    global _TAPPED
+    if _TAPPED is None:
+        import llama_cpp
+
+        class TappedLlama(llama_cpp.Llama):  # type: ignore[misc]
+            tap: _Tap | None = None
+
+            def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+                tap = self.tap
+                inner = super().generate(tokens, *args, **kwargs)
+                try:
+                    for token in inner:
+                        if tap is not None and not tap.token(token):
+                            return
+                        yield token
+                        if tap is not None and tap.done:
+                            return  # without evaluating the token just taken
+                finally:
+                    inner.close()
+
+        _TAPPED = TappedLlama
+    return _TAPPED
 
 
 class _Stream:
@@ -131,7 +213,8 @@ class LlamaCppEngine:
         self._llama: Any = None  # the worker thread's; never touched elsewhere once started
         self._twin: Any = None  # vocab-only: tokenising and templating on the event loop
         self._formatter: Any = None  # None when the GGUF has no chat template
-        self._eog_bias: dict[int, float] | None = None
+        self._eog: frozenset[int] = frozenset()  # end-of-generation token ids
+        self._eog_bias: dict[int, float] = {}  # ignore_eos: these never get sampled
         self._n_ctx = 0
         self._thread: WorkerThread | None = None
         self._lock = threading.Lock()
@@ -165,7 +248,14 @@ class LlamaCppEngine:
             )
         started = time.perf_counter()
         verbose = self._opts.verbose
-        self._twin = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=verbose)
+        # vocab_only: no weights; llama-cpp-python still makes a (weightless) context, kept tiny.
+        # llama.cpp warns "n_ctx_seq (256) > n_ctx_train (0)" for it: harmless.
+        try:
+            self._twin = llama_cpp.Llama(
+                model_path=str(path), vocab_only=True, n_ctx=8, n_batch=8, n_threads=1, verbose=verbose
+            )
+        except ValueError as exc:  # llama-cpp-python's word for "llama.cpp could not read it"
+            raise ConfigError(f"model {self._spec.name!r}: llama.cpp cannot load {str(path)!r}: {exc}", param="source") from None
         meta = self._twin.metadata
         trained = int(meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", 0) or 0)
         n_ctx = self._opts.n_ctx or trained or 2048
@@ -185,7 +275,11 @@ class LlamaCppEngine:
             )
             handler = self._formatter.to_chat_handler()
 
-        self._llama = llama_cpp.Llama(
+        vocab = llama_cpp.llama_model_get_vocab(self._twin.model)
+        self._eog = frozenset(t for t in range(self._twin.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self._eog_bias = {t: float("-inf") for t in self._eog}
+
+        self._llama = _tapped_llama()(
             model_path=str(path),
             n_ctx=n_ctx,
             n_batch=self._opts.n_batch,
@@ -270,16 +364,6 @@ class LlamaCppEngine:
         # exactly as llama-cpp-python's chat handler tokenises the rendered prompt
         return self._twin.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
 
-    def _eog_logit_bias(self) -> dict[int, float]:
-        if self._eog_bias is None:
-            import llama_cpp
-
-            vocab = llama_cpp.llama_model_get_vocab(self._twin.model)
-            self._eog_bias = {
-                t: float("-inf") for t in range(self._twin.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
-            }
-        return self._eog_bias
-
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         if self._llama is None or self._thread is None or self._crashed is not None or self._stopping:
             raise Unavailable(f"model {self._spec.name!r} is not serving")
@@ -310,9 +394,6 @@ class LlamaCppEngine:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        if params.ignore_eos:
-            self._eog_logit_bias()  # computed here, on the loop, not on the worker
-
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(31)
         channel: Channel[_Out | _Failed] = Channel(asyncio.get_running_loop())
         job = _Job(
@@ -321,7 +402,8 @@ class LlamaCppEngine:
             prompt_ids=prompt_ids,
             params=params,
             max_tokens=params.max_tokens or room,
-            seeds=[(base_seed + i) & 0xFFFFFFFF for i in range(params.n)],
+            # llama.cpp seeds are uint32, and 0xFFFFFFFF there means "pick one at random"
+            seeds=[(base_seed + i) % 0xFFFFFFFF for i in range(params.n)],
             emit=channel.put,
         )
         with self._lock:
@@ -348,6 +430,7 @@ class LlamaCppEngine:
                 if out.finish_reason is not None:
                     remaining -= 1
                     completion_tokens += out.completion_tokens
+                    prompt_tokens = out.prompt_tokens or prompt_tokens  # llama.cpp's own count
                 yield GenerationChunk(out.index, out.text, out.finish_reason)
             job.finished = True
             yield GenerationEnd(Usage(prompt_tokens, completion_tokens))
@@ -412,51 +495,31 @@ class LlamaCppEngine:
             "presence_penalty": p.presence_penalty,
             "frequency_penalty": p.frequency_penalty,
             "seed": seed,
-            "stop": [],  # stop strings: our StopMatcher
-            "stream": True,
+            "stop": [],  # the tap's StopMatcher
+            "stream": False,  # the tap streams; see the module docstring
             "logit_bias": self._eog_bias if p.ignore_eos else None,
         }
-        if job.messages is not None:
-            chunks = llama.create_chat_completion(messages=job.messages, **kwargs)
-
-            def text_of(choice: dict[str, Any]) -> str:
-                return choice["delta"].get("content") or ""
-
-        else:
-            chunks = llama.create_completion(prompt=job.prompt_ids, **kwargs)
-
-            def text_of(choice: dict[str, Any]) -> str:
-                return choice["text"] or ""
-
-        prompt_len = len(job.prompt_ids)
-        stops = StopMatcher(p.stop)
+        tap = _Tap(job, index, self._eog, self._decode)
+        llama.tap = tap
         started = time.perf_counter()
-        generated = 0
         try:
-            for chunk in chunks:
-                if job.cancelled:
-                    generated = llama.n_tokens - prompt_len + 1
-                    return
-                choice = chunk["choices"][0]
-                text = stops.feed(text_of(choice))
-                finish: FinishReason | None = None
-                if stops.stopped:
-                    # the token completing the stop string was sampled but not yet evaluated
-                    finish, generated = FinishReason.STOP, llama.n_tokens - prompt_len + 1
-                elif choice["finish_reason"] == "length":
-                    finish, generated = FinishReason.LENGTH, llama.n_tokens - prompt_len + 1
-                elif choice["finish_reason"] is not None:
-                    # an end-of-generation token: sampled, never evaluated, not counted
-                    finish, generated = FinishReason.STOP, llama.n_tokens - prompt_len
-                if finish is not None:
-                    if not stops.stopped:
-                        text += stops.flush()
-                    job.emit(_Out(index, text, finish, generated))
-                    return
-                if text:
-                    job.emit(_Out(index, text))
-            raise RuntimeError("llama-cpp-python ended a stream without a finish reason")
+            if job.messages is not None:
+                result = llama.create_chat_completion(messages=job.messages, **kwargs)
+            else:
+                result = llama.create_completion(prompt=job.prompt_ids, **kwargs)
         finally:
-            chunks.close()  # runs llama-cpp-python's generator cleanup now, on this thread
-            self._generated_total += generated
+            llama.tap = None
+            self._generated_total += tap.sampled
             self._decode_seconds += time.perf_counter() - started
+        if job.cancelled:
+            return
+        usage = result["usage"]
+        text = tap.last_text()
+        # llama-cpp-python says "stop" after an end-of-generation token, "length" after any
+        # other end of its loop, including ours at a stop string
+        ended = tap.stops.stopped or result["choices"][0]["finish_reason"] == "stop"
+        finish = FinishReason.STOP if ended else FinishReason.LENGTH
+        job.emit(_Out(index, text, finish, usage["completion_tokens"], usage["prompt_tokens"]))
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._llama.detokenize(list(ids)).decode("utf-8", errors="replace")

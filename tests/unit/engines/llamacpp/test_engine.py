@@ -107,7 +107,19 @@ def reference(demo_gguf: Path):  # type: ignore[no-untyped-def]
     llm.close()
 
 
+def long_request(rid: str = "long") -> GenerationRequest:
+    """Keeps the engine busy for a while (8 x 480 tokens: about a second here)."""
+    return completion(rid=rid, max_tokens=480, n=8, ignore_eos=True)
+
+
 GREEDY = {"temperature": 0.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+
+
+def same_text(ours: str, theirs: str) -> None:
+    """llama-cpp-python decodes its (unstreamed) text with errors="ignore"; the engine, like
+    the HF tokenizer, with errors="replace": the random-weight demo model does emit byte runs
+    that are not UTF-8."""
+    assert ours.replace("\ufffd", "") == theirs
 
 
 def test_catalog_entry_and_options() -> None:
@@ -127,7 +139,7 @@ async def test_is_a_text_generation_engine(engine: LlamaCppEngine) -> None:
 async def test_completion_streams_and_matches_llama_cpp(engine: LlamaCppEngine, reference: Any) -> None:
     ours = await run(engine, completion(max_tokens=60))
     theirs = reference.create_completion(prompt=CODE_PROMPT, max_tokens=60, **GREEDY)
-    assert ours.texts[0] == theirs["choices"][0]["text"]
+    same_text(ours.texts[0], theirs["choices"][0]["text"])
     assert ours.finish[0].value == theirs["choices"][0]["finish_reason"]
     assert ours.usage == Usage(theirs["usage"]["prompt_tokens"], theirs["usage"]["completion_tokens"])
     assert sum(1 for d in ours.deltas if d.text) > 5  # streamed token by token, not in one piece
@@ -137,7 +149,7 @@ async def test_chat_uses_the_gguf_template_and_matches_llama_cpp(engine: LlamaCp
     ours = await run(engine, chat(max_tokens=40))
     messages = [{"role": m.role, "content": m.content} for m in CHAT]
     theirs = reference.create_chat_completion(messages=messages, max_tokens=40, **GREEDY)
-    assert ours.texts[0] == theirs["choices"][0]["message"]["content"]
+    same_text(ours.texts[0], theirs["choices"][0]["message"]["content"])
     assert ours.finish[0].value == theirs["choices"][0]["finish_reason"]
     assert ours.usage == Usage(theirs["usage"]["prompt_tokens"], theirs["usage"]["completion_tokens"])
     # the prompt is the ChatML rendering of the messages, as the HF tokenizer renders it
@@ -150,6 +162,27 @@ async def test_chat_uses_the_gguf_template_and_matches_llama_cpp(engine: LlamaCp
     )
 
 
+async def test_greedy_text_equals_transformers(engine: LlamaCppEngine, demo_gguf: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from corral.engines.transformers.demo import DEMO_LLM_NAME
+
+    folder = demo_gguf.parent / DEMO_LLM_NAME
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    messages = [{"role": m.role, "content": m.content} for m in CHAT]
+    for request, ids in (
+        (completion(max_tokens=30), tok(CODE_PROMPT)["input_ids"]),
+        (chat(max_tokens=30), tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]),
+    ):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False)[0, len(ids) :].tolist()
+        ours = await run(engine, request)
+        assert ours.usage.prompt_tokens == len(ids)
+        assert ours.texts[0] == tok.decode(out, skip_special_tokens=True)
+
+
 async def test_end_of_generation_token_is_not_counted(engine: LlamaCppEngine, reference: Any) -> None:
     # find a prompt whose greedy completion ends on its own (an eos token) before 200 tokens
     for prompt in ("import os\n", "class A:\n", "x = 1\n", "def f():\n", "# comment\n", "return None\n"):
@@ -160,7 +193,11 @@ async def test_end_of_generation_token_is_not_counted(engine: LlamaCppEngine, re
         pytest.skip("no test prompt ends with an eos token on this build")
     ours = await run(engine, completion(prompt, max_tokens=200))
     assert ours.finish == [FinishReason.STOP]
-    assert ours.texts[0] == theirs["choices"][0]["text"]
+    same_text(ours.texts[0], theirs["choices"][0]["text"])
+    # and ignore_eos generates past that end-of-generation token
+    forced = await run(engine, completion(prompt, max_tokens=200, ignore_eos=True))
+    assert forced.finish == [FinishReason.LENGTH] and forced.usage.completion_tokens == 200
+    assert forced.texts[0].startswith(ours.texts[0])
     assert ours.usage.completion_tokens == theirs["usage"]["completion_tokens"]
 
 
@@ -179,7 +216,9 @@ async def test_stop_strings(engine: LlamaCppEngine) -> None:
     assert out.texts[0] == cut
     assert out.finish == [FinishReason.STOP]
     assert all(stop not in d.text for d in out.deltas)
-    assert out.usage.completion_tokens < 80
+    # tokens generated before the stop string showed up; llama-cpp-python holds a stream back
+    # after an invalid UTF-8 run (this random model emits some), so it may be all of them
+    assert 1 <= out.usage.completion_tokens <= 80
 
 
 async def test_seed_makes_sampling_reproducible(engine: LlamaCppEngine) -> None:
@@ -224,7 +263,7 @@ async def test_echo(engine: LlamaCppEngine) -> None:
 async def test_closing_the_stream_cancels_generation(engine: LlamaCppEngine) -> None:
     await wait_idle(engine)
     before = engine.load()
-    stream = await engine.generate(completion(max_tokens=450, ignore_eos=True))
+    stream = await engine.generate(long_request())
     seen = 0
     async for item in stream:
         assert isinstance(item, GenerationChunk)
@@ -237,7 +276,7 @@ async def test_closing_the_stream_cancels_generation(engine: LlamaCppEngine) -> 
     assert after.cancelled_total == before.cancelled_total + 1
     assert after.completed_total == before.completed_total
     generated = after.extra["generated_tokens_total"] - before.extra["generated_tokens_total"]
-    assert 3 <= generated < 450  # stopped between tokens, long before max_tokens
+    assert 3 <= generated < 480  # stopped between tokens, within the first choice
     out = await run(engine, completion(max_tokens=10, ignore_eos=True))  # served as usual afterwards
     assert out.usage.completion_tokens == 10
 
@@ -245,9 +284,10 @@ async def test_closing_the_stream_cancels_generation(engine: LlamaCppEngine) -> 
 async def test_closing_a_queued_request_before_reading_drops_it(engine: LlamaCppEngine) -> None:
     await wait_idle(engine)
     before = engine.load()
-    first = await engine.generate(completion(max_tokens=400, ignore_eos=True, rid="first"))
-    second = await engine.generate(completion(max_tokens=400, ignore_eos=True, rid="second"))
-    assert engine.load().in_flight + engine.load().queued == 2
+    first = await engine.generate(long_request("first"))
+    await first.__anext__()  # running
+    second = await engine.generate(long_request("second"))
+    assert (engine.load().in_flight, engine.load().queued) == (1, 1)
     await second.aclose()  # type: ignore[attr-defined]  # never iterated
     assert engine.load().queued == 0
     await first.aclose()  # type: ignore[attr-defined]
@@ -277,7 +317,7 @@ async def test_queue_bound_refuses_with_overloaded(demo_gguf: Path) -> None:
     eng = LlamaCppEngine(spec(demo_gguf), LlamaCppOptions(n_ctx=N_CTX, n_threads=1, max_queue=1))
     await eng.start()
     try:
-        running = await eng.generate(completion(max_tokens=450, ignore_eos=True))
+        running = await eng.generate(long_request())
         await running.__anext__()  # the first is running ...
         waiting = await eng.generate(completion(max_tokens=5))  # ... one may wait ...
         with pytest.raises(Overloaded):  # ... a third is refused
@@ -294,7 +334,7 @@ async def test_queue_bound_refuses_with_overloaded(demo_gguf: Path) -> None:
 async def test_stop_fails_waiting_and_running_requests(demo_gguf: Path) -> None:
     eng = LlamaCppEngine(spec(demo_gguf), LlamaCppOptions(n_ctx=N_CTX, n_threads=1))
     await eng.start()
-    running = await eng.generate(completion(max_tokens=450, ignore_eos=True))
+    running = await eng.generate(long_request())
     await running.__anext__()
     waiting = await eng.generate(completion(max_tokens=5))
     await eng.stop()
