@@ -61,6 +61,7 @@ from corral.core.types import (
     Usage,
 )
 from corral.engines.llamacpp.options import LlamaCppOptions
+from corral.engines.limits import context_room
 from corral.engines.sync import Blocking, Channel, WorkerThread, heavy_imports
 from corral.engines.textstream import IncrementalDetokenizer, StopMatcher
 
@@ -380,20 +381,7 @@ class LlamaCppEngine:
             param = "prompt"
             if not prompt_ids:
                 raise InvalidRequest("the prompt is empty", param="prompt")
-        room = self._n_ctx - len(prompt_ids)
-        if room <= 0:
-            raise InvalidRequest(
-                f"this model's maximum context length is {self._n_ctx} tokens; the prompt has {len(prompt_ids)}",
-                param=param,
-                code="context_length_exceeded",
-            )
-        if params.max_tokens is not None and params.max_tokens > room:
-            raise InvalidRequest(
-                f"this model's maximum context length is {self._n_ctx} tokens; the prompt has "
-                f"{len(prompt_ids)} and max_tokens asks for {params.max_tokens}",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+        room = context_room(self._n_ctx, len(prompt_ids), params.max_tokens, param)
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(31)
         channel: Channel[_Out | _Failed] = Channel(asyncio.get_running_loop())
         job = _Job(

@@ -24,6 +24,7 @@ from corral.core.types import (
     Usage,
 )
 from corral.engines import sources
+from corral.engines.limits import context_room
 from corral.engines.sync import Blocking, Channel, WorkerThread, heavy_imports
 from corral.engines.textstream import IncrementalDetokenizer, StopMatcher
 from corral.engines.transformers.options import TransformersOptions
@@ -121,21 +122,8 @@ class TransformersEngine:
 
         prompt_ids = self._prompt_ids(request)
         params = request.sampling
-        room = self._max_context - len(prompt_ids)
         param = "messages" if request.messages is not None else "prompt"
-        if room <= 0:
-            raise InvalidRequest(
-                f"this model's maximum context length is {self._max_context} tokens; the prompt has {len(prompt_ids)}",
-                param=param,
-                code="context_length_exceeded",
-            )
-        if params.max_tokens is not None and params.max_tokens > room:
-            raise InvalidRequest(
-                f"this model's maximum context length is {self._max_context} tokens; the prompt has "
-                f"{len(prompt_ids)} and max_tokens asks for {params.max_tokens}",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+        room = context_room(self._max_context, len(prompt_ids), params.max_tokens, param)
         _, waiting = self._batcher.counts()
         if waiting + params.n > self._opts.max_queue + self._opts.max_batch_size:
             raise Overloaded(f"model {self._spec.name!r} has {waiting} requests waiting; retry shortly")
