@@ -112,3 +112,49 @@ def test_context_overflow_is_a_400(client: OpenAI, gguf_server: Server) -> None:
     resp = httpx.post(f"{gguf_server.url}/v1/completions", json={"model": MODEL, "prompt": "x = 1\n" * 400})
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "context_length_exceeded" and resp.json()["error"]["param"] == "prompt"
+
+
+def test_llamacpp_and_openai_compatible_through_a_cluster(corral_home: Path, tmp_path: Path) -> None:
+    """Both engines behind a cluster gateway: a worker hosts the GGUF model and a proxy of
+    another Corral's OpenAI API (an OpenAI-speaking upstream like any other)."""
+    from corral.engines.llamacpp.gguf_export import ensure_demo_gguf
+    from tests.integration.cluster.harness import Cluster, wait_for_instances
+
+    gguf_file = ensure_demo_gguf(corral_home)
+    cluster = Cluster(corral_home, tmp_path)
+    upstream = start_corral(["--config", str(_upstream_config(tmp_path))], corral_home, tmp_path)
+    try:
+        controller = cluster.controller()
+        join = ["--controller", controller.url]
+        config = tmp_path / "worker.toml"
+        config.write_text(
+            f'[[models]]\nname = "{MODEL}"\nkind = "llm"\nengine = "llamacpp"\nsource = "{gguf_file}"\n'
+            f"[models.options]\nn_ctx = {N_CTX}\nn_threads = 1\n\n"
+            f'[[models]]\nname = "proxied"\nkind = "llm"\nengine = "openai-compatible"\nsource = "{upstream.url}/v1"\n'
+            '[models.options]\nupstream_model = "base"\n'
+        )
+        cluster.worker(join, config)
+        gateway = cluster.gateway(join)
+        wait_for_instances(gateway, MODEL, 1)
+        wait_for_instances(gateway, "proxied", 1)
+        with OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+            for model in (MODEL, "proxied"):
+                full = c.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0)
+                streamed = "".join(
+                    chunk.choices[0].delta.content or ""
+                    for chunk in c.chat.completions.create(
+                        model=model, messages=HELLO, max_tokens=12, temperature=0, stream=True
+                    )
+                    if chunk.choices
+                )
+                assert streamed == full.choices[0].message.content, model
+                assert full.usage is not None and 1 <= full.usage.completion_tokens <= 12
+    finally:
+        cluster.stop()
+        upstream.stop()
+
+
+def _upstream_config(folder: Path) -> Path:
+    path = folder / "upstream.toml"
+    path.write_text('[[models]]\nname = "base"\nkind = "llm"\nengine = "transformers"\nsource = "demo:tiny-llama"\n')
+    return path
