@@ -16,14 +16,9 @@ upstream's ``Retry-After``, a broken stream after the response started is
 
 from __future__ import annotations
 
-import array
 import contextlib
-import base64
-import email.utils
 import logging
 import os
-import sys
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -54,32 +49,27 @@ from corral.core.types import (
 )
 from corral.engines.openai_compatible.options import OpenAICompatibleOptions
 
+from corral.engines.openai_compatible.wire import (
+    DONE,
+    as_int,
+    choice_text,
+    error_message,
+    finish_reason,
+    retry_after,
+    sse,
+    upstream_body,
+    vector,
+    whole_body,
+)
+
 log = logging.getLogger(__name__)
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _STREAM_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 _VERIFY_TIMEOUT = 30.0  # seconds GET /models may take at start
-_MAX_MESSAGE = 1000  # characters of an upstream error message passed on
 
 # finish reasons seen in the wild (TGI: eos_token/stop_sequence, Anthropic-style end_turn,
 # tool calls) -> the internal ones; anything unknown is a normal stop
-_FINISH = {
-    "stop": FinishReason.STOP,
-    "eos": FinishReason.STOP,
-    "eos_token": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP,
-    "end_turn": FinishReason.STOP,
-    "tool_calls": FinishReason.STOP,
-    "function_call": FinishReason.STOP,
-    "content_filter": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "max_tokens": FinishReason.LENGTH,
-    "model_length": FinishReason.LENGTH,
-    "abort": FinishReason.CANCELLED,
-    "cancelled": FinishReason.CANCELLED,
-}
-
-_DONE = object()  # the ``data: [DONE]`` sentinel
 
 
 def create_engine(spec: ModelSpec, options: OpenAICompatibleOptions) -> OpenAICompatibleEngine:
@@ -193,7 +183,7 @@ class OpenAICompatibleEngine:
         if resp.status_code >= 300:
             raise Unreachable(
                 f"model {self._spec.name!r}: the upstream server at {shown} answered HTTP {resp.status_code}: "
-                f"{_message(resp.content, self._secret)[0]}"
+                f"{error_message(resp.content, self._secret)[0]}"
             )
         try:
             listed = [str(m.get("id")) for m in orjson.loads(resp.content).get("data") or ()]
@@ -244,7 +234,7 @@ class OpenAICompatibleEngine:
     def _http_error(self, resp: httpx.Response, body: bytes, method: str, url: str) -> CorralError:
         status = resp.status_code
         shown = display_url(url)
-        message, param, code = _message(body, self._secret)
+        message, param, code = error_message(body, self._secret)
         if status in (401, 403):
             return self._auth_error(status, method, url)
         if status == 404:
@@ -255,7 +245,7 @@ class OpenAICompatibleEngine:
                 code="model_not_found",
             )
         if status == 429:
-            return Overloaded(f"the upstream server at {shown} is at capacity: {message}", retry_after=_retry_after(resp))
+            return Overloaded(f"the upstream server at {shown} is at capacity: {message}", retry_after=retry_after(resp))
         if status == 408 or status >= 500:
             return Unreachable(f"the upstream server at {shown} answered HTTP {status}: {message}")
         if 400 <= status < 500:
@@ -267,7 +257,7 @@ class OpenAICompatibleEngine:
 
     def _stream_error(self, obj: dict[str, Any]) -> CorralError:
         """An error the upstream reported inside a started stream."""
-        message, param, code = _message(orjson.dumps(obj), self._secret)
+        message, param, code = error_message(orjson.dumps(obj), self._secret)
         err = obj.get("error")
         status = err.get("code") if isinstance(err, dict) else obj.get("code")
         if isinstance(status, int) and 400 <= status < 500 and status != 429:
@@ -287,7 +277,7 @@ class _Generation:
         headers["x-request-id"] = request.request_id
         if request.traceparent:
             headers["traceparent"] = request.traceparent
-        req = http.build_request("POST", url, content=orjson.dumps(_body(self.upstream_model, request)), headers=headers)
+        req = http.build_request("POST", url, content=orjson.dumps(upstream_body(self.upstream_model, request)), headers=headers)
         self._in_flight += 1
         try:
             try:
@@ -330,7 +320,7 @@ class _Embedding:
         try:
             data = orjson.loads(resp.content)
             items = sorted(data["data"], key=lambda d: d.get("index", 0))
-            vectors = [_vector(d["embedding"]) for d in items]
+            vectors = [vector(d["embedding"]) for d in items]
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise EngineError(
                 f"the upstream server at {self.url} answered /embeddings with an unexpected body ({type(exc).__name__})"
@@ -340,7 +330,7 @@ class _Embedding:
                 f"the upstream server at {self.url} returned {len(vectors)} vectors for {len(request.inputs)} inputs"
             )
         self._completed += 1
-        return EmbeddingResult(vectors=vectors, usage=Usage(_int((data.get("usage") or {}).get("prompt_tokens")), 0))
+        return EmbeddingResult(vectors=vectors, usage=Usage(as_int((data.get("usage") or {}).get("prompt_tokens")), 0))
 
 
 class OpenAICompatibleChat(_Generation, OpenAICompatibleEngine):
@@ -420,12 +410,12 @@ class _Stream:
                 yield GenerationChunk(i, request.prompt)
         try:
             if self._resp.headers.get("content-type", "").startswith("application/json"):
-                events: AsyncGenerator[Any, None] = _whole(await self._resp.aread())  # the upstream ignored stream: true
+                events: AsyncGenerator[Any, None] = whole_body(await self._resp.aread())  # the upstream ignored stream: true
             else:
-                events = _sse(self._resp)
+                events = sse(self._resp)
             async with contextlib.aclosing(events):
                 async for obj in events:
-                    if obj is _DONE:
+                    if obj is DONE:
                         done = True
                         break
                     if not isinstance(obj, dict):
@@ -441,11 +431,11 @@ class _Stream:
                         if not isinstance(index, int) or not 0 <= index < n:
                             log.debug("ignoring choice %s of %s from %s (n=%d)", index, request.request_id, engine.url, n)
                             continue
-                        text = _choice_text(choice, self._chat)
+                        text = choice_text(choice, self._chat)
                         reason = choice.get("finish_reason")
                         finish = None
                         if reason and not finished[index]:
-                            finish = _finish_reason(reason, engine.url)
+                            finish = finish_reason(reason, engine.url)
                             finished[index] = True
                         if text or finish is not None:
                             seen[index] = True
@@ -475,192 +465,6 @@ class _Stream:
                 log.debug("the upstream server at %s reports no token usage; counting 0 tokens", engine.url)
             yield GenerationEnd(Usage(0, 0))
         else:
-            yield GenerationEnd(Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))))
+            yield GenerationEnd(Usage(as_int(usage.get("prompt_tokens")), as_int(usage.get("completion_tokens"))))
 
 
-async def _sse(resp: httpx.Response) -> AsyncGenerator[Any, None]:
-    """Parsed ``data:`` payloads of a server-sent event stream, ``_DONE`` for ``[DONE]``.
-
-    Each ``data:`` line is parsed at once (servers put one JSON document per line, and
-    some omit the blank line between events); only a line that is not JSON by itself is
-    joined with the following ``data:`` lines of its event, as the SSE format allows.
-    An ``event: error`` marks its data as an error object.
-    """
-    pending: list[str] = []
-    event = ""
-    async for line in resp.aiter_lines():
-        if not line:
-            if pending:
-                yield _parse("\n".join(pending), event)
-                pending = []
-            event = ""
-            continue
-        if line.startswith("data:"):
-            data = line[6:] if line.startswith("data: ") else line[5:]
-            if pending:
-                pending.append(data)
-                continue
-            if data == "[DONE]":
-                yield _DONE
-                continue
-            try:
-                obj = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                pending.append(data)
-                continue
-            yield _mark(obj, event)
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        # ":" comments (keep-alives), id: and retry: carry nothing for us
-    if pending:
-        yield _parse("\n".join(pending), event)
-
-
-def _parse(data: str, event: str) -> Any:
-    if data == "[DONE]":
-        return _DONE
-    return _mark(orjson.loads(data), event)
-
-
-def _mark(obj: Any, event: str) -> Any:
-    if event == "error" and isinstance(obj, dict) and "error" not in obj:
-        return {"error": obj}
-    return obj
-
-
-async def _whole(body: bytes) -> AsyncGenerator[Any, None]:
-    """A non-streamed completion body as if it were one stream event."""
-    obj = orjson.loads(body)
-    if isinstance(obj, dict):
-        for choice in obj.get("choices") or ():
-            if isinstance(choice, dict) and "message" in choice and "delta" not in choice:
-                choice["delta"] = choice["message"]
-    yield obj
-    yield _DONE
-
-
-def _choice_text(choice: dict[str, Any], chat: bool) -> str:
-    if chat:
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else None
-        if text is None:  # a server answering chat with text-completion choices
-            text = choice.get("text")
-    else:
-        text = choice.get("text")
-    return text if isinstance(text, str) else ""
-
-
-def _finish_reason(reason: Any, url: str) -> FinishReason:
-    finish = _FINISH.get(str(reason))
-    if finish is None:
-        if reason == "error":
-            raise EngineError(f"the upstream server at {url} failed mid-generation", code="upstream_error")
-        log.debug("unknown finish reason %r from %s: counted as stop", reason, url)
-        return FinishReason.STOP
-    return finish
-
-
-def _body(model: str, request: GenerationRequest) -> dict[str, Any]:
-    """The upstream request: OpenAI fields only; optional ones only when they differ from
-    their defaults, because strict servers refuse fields they do not know."""
-    body: dict[str, Any] = {"model": model}
-    if request.messages is not None:
-        body["messages"] = [
-            {"role": m.role, "content": m.content, "name": m.name} if m.name else {"role": m.role, "content": m.content}
-            for m in request.messages
-        ]
-    else:
-        body["prompt"] = request.prompt
-    s = request.sampling
-    if s.max_tokens is not None:
-        body["max_tokens"] = s.max_tokens
-    body["temperature"] = s.temperature
-    body["top_p"] = s.top_p
-    if s.stop:
-        body["stop"] = list(s.stop)
-    if s.seed is not None:
-        body["seed"] = s.seed
-    if s.n != 1:
-        body["n"] = s.n
-    if s.presence_penalty:
-        body["presence_penalty"] = s.presence_penalty
-    if s.frequency_penalty:
-        body["frequency_penalty"] = s.frequency_penalty
-    if s.ignore_eos:
-        body["ignore_eos"] = True
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
-    return body
-
-
-def _message(body: bytes, secret: str | None) -> tuple[str, str | None, str | None]:
-    """(message, param, code) of an upstream error body in any of the shapes servers use:
-    OpenAI's ``{"error": {...}}``, ``{"error": "..."}`` (TGI), FastAPI's ``{"detail": ...}``,
-    ``{"message": ...}``, or plain text."""
-    message: Any = None
-    param = code = None
-    try:
-        obj = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        obj = None
-    if isinstance(obj, dict):
-        err = obj.get("error")
-        if isinstance(err, dict):
-            message = err.get("message")
-            param = err.get("param")
-            code = err.get("code")
-        elif isinstance(err, str):
-            message = err
-        elif "detail" in obj:
-            detail = obj["detail"]
-            if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # FastAPI validation errors
-                first = detail[0]
-                loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-                param = ".".join(loc) or None
-                message = f"{param}: {first.get('msg')}" if param else first.get("msg")
-            else:
-                message = detail
-        elif "message" in obj:
-            message = obj["message"]
-    if message is None:
-        message = body.decode("utf-8", "replace").strip() if body else ""
-    message = str(message).strip() or "no detail"
-    if secret:
-        message = message.replace(secret, "***")
-    if len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE] + "..."
-    return message, param if isinstance(param, str) else None, code if isinstance(code, str) else None
-
-
-def _retry_after(resp: httpx.Response) -> float:
-    """Seconds from ``retry-after-ms`` (OpenAI) or ``retry-after`` (seconds or an HTTP date)."""
-    headers = resp.headers
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return 1.0
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (ValueError, TypeError):
-        return 1.0
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _vector(value: Any) -> list[float]:
-    if isinstance(value, str):  # base64 float32, from servers that ignore encoding_format
-        floats = array.array("f")
-        floats.frombytes(base64.b64decode(value))
-        if sys.byteorder != "little":
-            floats.byteswap()
-        return floats.tolist()
-    if not isinstance(value, list):
-        raise TypeError("embedding is not a list")
-    return value

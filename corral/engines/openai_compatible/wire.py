@@ -1,0 +1,234 @@
+"""The OpenAI wire format as an upstream speaks it: request bodies, SSE parsing, finish
+reasons and error messages. Pure functions, shared by the engine's streams."""
+
+from __future__ import annotations
+
+import array
+import base64
+import email.utils
+import logging
+import sys
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+import orjson
+
+from corral.core.errors import (
+    EngineError,
+)
+from corral.core.types import (
+    FinishReason,
+    GenerationRequest,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 1000  # characters of an upstream error message passed on
+
+FINISH = {
+    "stop": FinishReason.STOP,
+    "eos": FinishReason.STOP,
+    "eos_token": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "end_turn": FinishReason.STOP,
+    "tool_calls": FinishReason.STOP,
+    "function_call": FinishReason.STOP,
+    "content_filter": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "max_tokens": FinishReason.LENGTH,
+    "model_length": FinishReason.LENGTH,
+    "abort": FinishReason.CANCELLED,
+    "cancelled": FinishReason.CANCELLED,
+}
+
+DONE = object()  # the ``data: [DONE]`` sentinel
+
+
+async def sse(resp: httpx.Response) -> AsyncGenerator[Any, None]:
+    """Parsed ``data:`` payloads of a server-sent event stream, ``DONE`` for ``[DONE]``.
+
+    Each ``data:`` line is parsed at once (servers put one JSON document per line, and
+    some omit the blank line between events); only a line that is not JSON by itself is
+    joined with the following ``data:`` lines of its event, as the SSE format allows.
+    An ``event: error`` marks its data as an error object.
+    """
+    pending: list[str] = []
+    event = ""
+    async for line in resp.aiter_lines():
+        if not line:
+            if pending:
+                yield parse_event("\n".join(pending), event)
+                pending = []
+            event = ""
+            continue
+        if line.startswith("data:"):
+            data = line[6:] if line.startswith("data: ") else line[5:]
+            if pending:
+                pending.append(data)
+                continue
+            if data == "[DONE]":
+                yield DONE
+                continue
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pending.append(data)
+                continue
+            yield mark(obj, event)
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        # ":" comments (keep-alives), id: and retry: carry nothing for us
+    if pending:
+        yield parse_event("\n".join(pending), event)
+
+
+def parse_event(data: str, event: str) -> Any:
+    if data == "[DONE]":
+        return DONE
+    return mark(orjson.loads(data), event)
+
+
+def mark(obj: Any, event: str) -> Any:
+    if event == "error" and isinstance(obj, dict) and "error" not in obj:
+        return {"error": obj}
+    return obj
+
+
+async def whole_body(body: bytes) -> AsyncGenerator[Any, None]:
+    """A non-streamed completion body as if it were one stream event."""
+    obj = orjson.loads(body)
+    if isinstance(obj, dict):
+        for choice in obj.get("choices") or ():
+            if isinstance(choice, dict) and "message" in choice and "delta" not in choice:
+                choice["delta"] = choice["message"]
+    yield obj
+    yield DONE
+
+
+def choice_text(choice: dict[str, Any], chat: bool) -> str:
+    if chat:
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if text is None:  # a server answering chat with text-completion choices
+            text = choice.get("text")
+    else:
+        text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def finish_reason(reason: Any, url: str) -> FinishReason:
+    finish = FINISH.get(str(reason))
+    if finish is None:
+        if reason == "error":
+            raise EngineError(f"the upstream server at {url} failed mid-generation", code="upstream_error")
+        log.debug("unknown finish reason %r from %s: counted as stop", reason, url)
+        return FinishReason.STOP
+    return finish
+
+
+def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
+    """The upstream request: OpenAI fields only; optional ones only when they differ from
+    their defaults, because strict servers refuse fields they do not know."""
+    body: dict[str, Any] = {"model": model}
+    if request.messages is not None:
+        body["messages"] = [
+            {"role": m.role, "content": m.content, "name": m.name} if m.name else {"role": m.role, "content": m.content}
+            for m in request.messages
+        ]
+    else:
+        body["prompt"] = request.prompt
+    s = request.sampling
+    if s.max_tokens is not None:
+        body["max_tokens"] = s.max_tokens
+    body["temperature"] = s.temperature
+    body["top_p"] = s.top_p
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if s.n != 1:
+        body["n"] = s.n
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
+    if s.ignore_eos:
+        body["ignore_eos"] = True
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def error_message(body: bytes, secret: str | None) -> tuple[str, str | None, str | None]:
+    """(message, param, code) of an upstream error body in any of the shapes servers use:
+    OpenAI's ``{"error": {...}}``, ``{"error": "..."}`` (TGI), FastAPI's ``{"detail": ...}``,
+    ``{"message": ...}``, or plain text."""
+    message: Any = None
+    param = code = None
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict):
+            message = err.get("message")
+            param = err.get("param")
+            code = err.get("code")
+        elif isinstance(err, str):
+            message = err
+        elif "detail" in obj:
+            detail = obj["detail"]
+            if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # FastAPI validation errors
+                first = detail[0]
+                loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+                param = ".".join(loc) or None
+                message = f"{param}: {first.get('msg')}" if param else first.get("msg")
+            else:
+                message = detail
+        elif "message" in obj:
+            message = obj["message"]
+    if message is None:
+        message = body.decode("utf-8", "replace").strip() if body else ""
+    message = str(message).strip() or "no detail"
+    if secret:
+        message = message.replace(secret, "***")
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return message, param if isinstance(param, str) else None, code if isinstance(code, str) else None
+
+
+def retry_after(resp: httpx.Response) -> float:
+    """Seconds from ``retry-after-ms`` (OpenAI) or ``retry-after`` (seconds or an HTTP date)."""
+    headers = resp.headers
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return 1.0
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (ValueError, TypeError):
+        return 1.0
+
+
+def as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def vector(value: Any) -> list[float]:
+    if isinstance(value, str):  # base64 float32, from servers that ignore encoding_format
+        floats = array.array("f")
+        floats.frombytes(base64.b64decode(value))
+        if sys.byteorder != "little":
+            floats.byteswap()
+        return floats.tolist()
+    if not isinstance(value, list):
+        raise TypeError("embedding is not a list")
+    return value
