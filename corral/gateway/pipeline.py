@@ -124,6 +124,7 @@ class Call:
 
 
 R = TypeVar("R")
+U = TypeVar("U", EmbeddingResult, RerankResult)  # one-answer results: they carry usage
 
 
 class Pipeline:
@@ -224,10 +225,7 @@ class Pipeline:
             assert isinstance(client, Embedding)
             return await client.embed(request)
 
-        served_by, result = await self._unary(request.model, "embedding", run, event)
-        if event is not None:
-            event.prompt_tokens = result.usage.prompt_tokens
-        return served_by, result
+        return await self._unary(request.model, "embedding", run, event)
 
     async def rerank(self, request: RerankRequest, event: RequestEvent | None = None) -> tuple[str, RerankResult]:
         async def run(target: Target) -> RerankResult:
@@ -235,19 +233,18 @@ class Pipeline:
             assert isinstance(client, Rerank)
             return await client.rerank(request)
 
-        served_by, result = await self._unary(request.model, "rerank", run, event)
-        if event is not None:
-            event.prompt_tokens = result.usage.prompt_tokens
-        return served_by, result
+        return await self._unary(request.model, "rerank", run, event)
 
     async def _unary(
-        self, model: str, capability: str, run: Callable[[Target], Awaitable[R]], event: RequestEvent | None
-    ) -> tuple[str, R]:
+        self, model: str, capability: str, run: Callable[[Target], Awaitable[U]], event: RequestEvent | None
+    ) -> tuple[str, U]:
         """A request with one answer (no stream): dispatch with retries, then release."""
         tried: set[str] = set()
         target, result = await self._dispatch(model, capability, None, run, tried)
         self._router.release(target)
         _served_by(event, target, len(tried))
+        if event is not None:
+            event.prompt_tokens = result.usage.prompt_tokens
         return target.instance_id, result
 
 
