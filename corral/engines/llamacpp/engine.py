@@ -62,6 +62,7 @@ from corral.core.types import (
 )
 from corral.engines.llamacpp.options import LlamaCppOptions
 from corral.engines.limits import context_room
+from corral.engines.streams import ClosingStream
 from corral.engines.sync import Blocking, Channel, WorkerThread, heavy_imports
 from corral.engines.textstream import IncrementalDetokenizer, StopMatcher
 
@@ -180,30 +181,6 @@ def _tapped_llama() -> Any:
 
         _TAPPED = TappedLlama
     return _TAPPED
-
-
-class _Stream:
-    """The iterator ``generate`` returns. Closing it cancels the request even before the
-    first item was read (an async generator that never started runs no ``finally``)."""
-
-    __slots__ = ("_engine", "_job", "_gen")
-
-    def __init__(self, engine: LlamaCppEngine, job: _Job, gen: AsyncGenerator[GenerationChunk | GenerationEnd, None]) -> None:
-        self._engine = engine
-        self._job = job
-        self._gen = gen
-
-    def __aiter__(self) -> _Stream:
-        return self
-
-    async def __anext__(self) -> GenerationChunk | GenerationEnd:
-        return await self._gen.__anext__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._gen.aclose()
-        finally:
-            self._engine._cancel(self._job)
 
 
 class LlamaCppEngine:
@@ -400,7 +377,7 @@ class LlamaCppEngine:
                 raise Overloaded(f"model {self._spec.name!r} has {len(self._waiting)} requests waiting; retry shortly")
             self._waiting.append(job)
         self._thread.wake()
-        return _Stream(self, job, self._stream(request, job, channel, len(prompt_ids)))
+        return ClosingStream(self._stream(request, job, channel, len(prompt_ids)), lambda: self._cancel(job))
 
     async def _stream(
         self, request: GenerationRequest, job: _Job, channel: Channel[_Out | _Failed], prompt_tokens: int

@@ -25,6 +25,7 @@ from corral.core.types import (
 )
 from corral.engines import sources
 from corral.engines.limits import context_room
+from corral.engines.streams import ClosingStream
 from corral.engines.sync import Blocking, Channel, WorkerThread, heavy_imports
 from corral.engines.textstream import IncrementalDetokenizer, StopMatcher
 from corral.engines.transformers.options import TransformersOptions
@@ -149,31 +150,34 @@ class TransformersEngine:
         self._batcher.submit(seqs)
         assert self._thread is not None
         self._thread.wake()
-        return self._stream(request, seqs, channel, len(prompt_ids))
+        return ClosingStream(self._stream(request, seqs, channel, len(prompt_ids)), lambda: self._cancel(seqs))
 
     async def _stream(
         self, request: GenerationRequest, seqs: list[Any], channel: Channel[Any], prompt_tokens: int
     ) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         remaining = len(seqs)
         completion_tokens = 0
-        try:
-            if request.echo and request.prompt is not None:
-                for seq in seqs:
-                    yield GenerationChunk(seq.index, request.prompt)
-            while remaining:
-                out = await channel.get()
-                if out.finish_reason is FinishReason.ERROR:
-                    raise EngineError(f"model {self._spec.name!r} failed while generating")
-                if out.finish_reason is not None:
-                    remaining -= 1
-                    completion_tokens += out.completion_tokens
-                yield GenerationChunk(out.index, out.text, out.finish_reason)
-            yield GenerationEnd(Usage(prompt_tokens, completion_tokens))
-        finally:
-            if remaining:  # the consumer went away (client disconnected) or failed: free the slots
-                self._batcher.cancel([s.key for s in seqs])
-                if self._thread is not None:
-                    self._thread.wake()
+        if request.echo and request.prompt is not None:
+            for seq in seqs:
+                yield GenerationChunk(seq.index, request.prompt)
+        while remaining:
+            out = await channel.get()
+            if out.finish_reason is FinishReason.ERROR:
+                raise EngineError(f"model {self._spec.name!r} failed while generating")
+            if out.finish_reason is not None:
+                remaining -= 1
+                completion_tokens += out.completion_tokens
+            yield GenerationChunk(out.index, out.text, out.finish_reason)
+        yield GenerationEnd(Usage(prompt_tokens, completion_tokens))
+
+    def _cancel(self, seqs: list[Any]) -> None:
+        """The stream was closed: free the slots of sequences still generating (the
+        batcher ignores finished ones)."""
+        unfinished = [s.key for s in seqs if not s.done]
+        if unfinished:
+            self._batcher.cancel(unfinished)
+            if self._thread is not None:
+                self._thread.wake()
 
     def _decode(self, ids: Any) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
