@@ -2,7 +2,8 @@
 embed, in compact JSON.
 
 - ``POST /internal/v1/instances/{id}/generate``: body = ``encode_generation(request)``;
-  200 and one JSON object per line: ``{"i": choice, "t": text, "f": finish|null}`` deltas,
+  200 and one JSON object per line: ``{"i": choice, "t": text, "f": finish|null}`` deltas
+  (with ``"c": [[index, id, name, arguments], ...]`` when the delta carries tool calls),
   then ``{"u": [prompt_tokens, completion_tokens], "s": [spans]}`` (spans only when the
   request carried a trace context); a failure after the first byte is a
   line ``{"error": {...}}``. Deltas only, never cumulative text.
@@ -38,6 +39,8 @@ from corral.core.types import (
     GenerationRequest,
     RerankRequest,
     SamplingParams,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 
@@ -59,15 +62,34 @@ def encode_generation(req: GenerationRequest) -> bytes:
                 "presence_penalty": s.presence_penalty,
                 "frequency_penalty": s.frequency_penalty,
             },
-            "messages": None
-            if req.messages is None
-            else [{"role": m.role, "content": m.content, "name": m.name} for m in req.messages],
+            "messages": None if req.messages is None else [_message_out(m) for m in req.messages],
             "prompt": req.prompt,
             "echo": req.echo,
             "user": req.user,
             "session": req.session,
             "traceparent": req.traceparent,
+            "tools": req.tools,
+            "tool_choice": req.tool_choice,
+            "parallel_tool_calls": req.parallel_tool_calls,
+            "response_format": req.response_format,
         }
+    )
+
+
+def _message_out(m: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content, "name": m.name}
+    if m.tool_calls:
+        out["tool_calls"] = [[c.id, c.name, c.arguments] for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _message_in(m: dict[str, Any]) -> ChatMessage:
+    return ChatMessage(
+        m["role"], m["content"], m.get("name"),
+        tuple(ToolCall(str(i), str(n), str(a)) for i, n, a in m.get("tool_calls", ())),
+        m.get("tool_call_id"),
     )
 
 
@@ -91,12 +113,16 @@ def decode_generation(body: bytes) -> GenerationRequest:
             ),
             messages=None
             if d["messages"] is None
-            else tuple(ChatMessage(m["role"], m["content"], m.get("name")) for m in d["messages"]),
+            else tuple(_message_in(m) for m in d["messages"]),
             prompt=d["prompt"],
             echo=bool(d["echo"]),
             user=d.get("user"),
             session=d.get("session"),
             traceparent=d.get("traceparent"),
+            tools=tuple(d.get("tools") or ()),
+            tool_choice=d.get("tool_choice"),
+            parallel_tool_calls=d.get("parallel_tool_calls"),
+            response_format=d.get("response_format"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed internal generation request: {exc}") from None
@@ -108,6 +134,9 @@ def encode_item(item: GenerationChunk | GenerationEnd) -> bytes:
             return orjson.dumps({"u": [item.usage.prompt_tokens, item.usage.completion_tokens], "s": item.spans}) + b"\n"
         return b'{"u":[%d,%d]}\n' % (item.usage.prompt_tokens, item.usage.completion_tokens)
     finish = item.finish_reason.value if item.finish_reason is not None else None
+    if item.tool_calls:
+        calls = [[d.index, d.id, d.name, d.arguments] for d in item.tool_calls]
+        return orjson.dumps({"i": item.index, "t": item.text, "f": finish, "c": calls}) + b"\n"
     return orjson.dumps({"i": item.index, "t": item.text, "f": finish}) + b"\n"
 
 
@@ -116,7 +145,8 @@ def decode_item(line: bytes) -> GenerationChunk | GenerationEnd:
     d = orjson.loads(line)
     if "t" in d:
         finish = d["f"]
-        return GenerationChunk(d["i"], d["t"], FinishReason(finish) if finish is not None else None)
+        calls = tuple(ToolCallDelta(i, id_, name, args) for i, id_, name, args in d.get("c", ()))
+        return GenerationChunk(d["i"], d["t"], FinishReason(finish) if finish is not None else None, calls)
     if "u" in d:
         return GenerationEnd(Usage(d["u"][0], d["u"][1]), tuple(d.get("s", ())))
     if "error" in d:

@@ -10,7 +10,7 @@ engine is called.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from corral.core.types import (
     EmbeddingRequest,
@@ -60,3 +60,22 @@ class Rerank(Protocol):
     """Relevance of each document to a query; higher is more relevant."""
 
     async def rerank(self, request: RerankRequest) -> RerankResult: ...
+
+
+@runtime_checkable
+class ToolCalling(Protocol):
+    """A ``TextGeneration`` engine whose ``generate`` honours ``request.tools``,
+    ``tool_choice``, ``parallel_tool_calls`` and tool turns in the history, and streams
+    the model's calls as ``GenerationChunk.tool_calls`` (finish reason ``tool_calls``).
+    Declared with a class attribute ``honours_tools = True``; engines without it are
+    never sent such requests (the router answers 400)."""
+
+    honours_tools: Literal[True]
+
+
+@runtime_checkable
+class StructuredOutput(Protocol):
+    """A ``TextGeneration`` engine whose ``generate`` honours ``request.response_format``
+    (``json_object`` and ``json_schema``). Declared with ``honours_response_format = True``."""
+
+    honours_response_format: Literal[True]

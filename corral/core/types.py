@@ -12,11 +12,39 @@ from typing import Any
 from enum import Enum
 
 
+TOOLS = "tools"  # capability names, as instance records list them
+RESPONSE_FORMAT = "response_format"
+
+
 class FinishReason(str, Enum):
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
     CANCELLED = "cancelled"
     ERROR = "error"
+
+
+JSONObject = dict[str, Any]  # JSON passed through as the client wrote it (tool schemas)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for, in an assistant message of the history."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A streamed fragment of a tool call: ``id`` and ``name`` come with its first
+    fragment, ``arguments`` arrive in pieces to be concatenated."""
+
+    index: int  # the call's position within its choice
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -24,6 +52,8 @@ class ChatMessage:
     role: str
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 @dataclass(frozen=True)
@@ -56,6 +86,22 @@ class GenerationRequest:
     user: str | None = None  # the API's ``user`` field: a session-affinity key
     session: str | None = None  # the ``x-session-id`` header: a session-affinity key
     traceparent: str | None = None  # W3C trace context to continue on the worker
+    # Structured output, passed through to engines that declare the capability
+    # (``corral.core.engine.ToolCalling`` / ``StructuredOutput``); the router refuses
+    # the request for models whose engine does not.
+    tools: tuple[JSONObject, ...] = ()
+    tool_choice: str | JSONObject | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: JSONObject | None = None  # json_object or json_schema; None for text
+
+    def features(self) -> frozenset[str]:
+        """Engine capabilities this request needs beyond plain generation."""
+        needs = set()
+        if self.tools or any(m.tool_calls or m.role == "tool" for m in self.messages or ()):
+            needs.add(TOOLS)
+        if self.response_format is not None:
+            needs.add(RESPONSE_FORMAT)
+        return frozenset(needs)
 
     def prefix(self, length: int = 256) -> str:
         """The prompt's leading text, for prefix-affinity routing."""
@@ -76,6 +122,7 @@ class GenerationChunk:
     index: int
     text: str
     finish_reason: FinishReason | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)

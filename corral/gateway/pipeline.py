@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from corral.core.engine import Embedding, Rerank, TextGeneration
 from corral.core.errors import CorralError, EngineError, InstanceLost, Overloaded, Unavailable
@@ -25,6 +25,7 @@ from corral.core.types import (
     GenerationRequest,
     RerankRequest,
     RerankResult,
+    ToolCall,
     Usage,
 )
 from corral.gateway.router import Router, Target
@@ -146,6 +147,7 @@ class Pipeline:
         """Acquire an instance and run ``call`` on it; on ``Unavailable`` (unreachable,
         draining) or ``Overloaded`` try another. The target stays acquired on success."""
         tried = set() if tried is None else tried
+        needs = request.features() if request is not None else frozenset()
         while True:
             target = await self._router.acquire(model, capability, request, tried)
             try:
@@ -155,7 +157,7 @@ class Pipeline:
                 if isinstance(exc, Unavailable):
                     self._router.failed(target)
                 tried.add(target.instance_id)
-                if len(tried) >= self._attempts or not self._router.has_routable(model, capability, tried):
+                if len(tried) >= self._attempts or not self._router.has_routable(model, capability, tried, needs):
                     raise
                 log.info("retrying %s on another instance: %s", model, exc.message)
                 continue
@@ -195,7 +197,9 @@ class Pipeline:
             except InstanceLost as exc:
                 self._router.failed(call.target)
                 tried.add(call.target.instance_id)
-                if len(tried) >= self._attempts or not self._router.has_routable(request.model, capability, tried):
+                if len(tried) >= self._attempts or not self._router.has_routable(
+                    request.model, capability, tried, request.features()
+                ):
                     raise
                 log.info("instance lost mid-generation, retrying %s elsewhere: %s", request.request_id, exc.message)
                 continue
@@ -255,21 +259,40 @@ def _served_by(event: RequestEvent | None, target: Target, retries: int) -> None
         event.retries = retries
 
 
-Choices = list[tuple[str, str | None]]  # (text, finish reason) per choice
+class Choice(NamedTuple):
+    """One whole choice of a non-streamed answer."""
+
+    text: str
+    finish: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+Choices = list[Choice]
 
 
 async def collect(stream: AsyncIterator[GenerationChunk | GenerationEnd], n: int) -> tuple[Choices, Usage]:
     texts: list[list[str]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
+    calls: list[dict[int, list[str]]] = [{} for _ in range(n)]  # per choice: call index -> [id, name, args...]
     usage = Usage(0, 0)
     async for item in stream:
         if isinstance(item, GenerationEnd):
             usage = item.usage
             continue
         texts[item.index].append(item.text)
+        for delta in item.tool_calls:
+            parts = calls[item.index].setdefault(delta.index, ["", ""])
+            if delta.id:
+                parts[0] = delta.id
+            if delta.name:
+                parts[1] = delta.name
+            parts.append(delta.arguments)
         if item.finish_reason is not None:
             finish[item.index] = item.finish_reason.value
-    return [("".join(t), f) for t, f in zip(texts, finish)], usage
+    return [
+        Choice("".join(t), f, tuple(ToolCall(p[0], p[1], "".join(p[2:])) for _, p in sorted(c.items())))
+        for t, f, c in zip(texts, finish, calls)
+    ], usage
 
 
 async def _merge(calls: list[Call], n: int) -> AsyncIterator[GenerationChunk | GenerationEnd]:

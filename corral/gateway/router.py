@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from corral.core.errors import InvalidRequest, ModelNotFound, Overloaded, Unavailable
 from corral.core.registry import InstanceRecord, InstanceState, Registry, Synced
 from corral.core.spec import ModelKind
-from corral.core.types import GenerationRequest
+from corral.core.types import RESPONSE_FORMAT, TOOLS, GenerationRequest
 from corral.gateway.balancers import make_balancer
 
 log = logging.getLogger(__name__)
+
+SERVES = frozenset({"chat", "completion", "embedding", "rerank"})
+_FEATURE_NAMES = {TOOLS: ("tool calling", "tools"), RESPONSE_FORMAT: ("response_format", "response_format")}
 
 KIND_SERVES = {
     ModelKind.LLM: frozenset({"chat", "completion"}),
@@ -145,8 +148,11 @@ class Router:
 
     # -- choosing ------------------------------------------------------------------------
 
-    def _routable(self, model: str, capability: str, exclude: set[str]) -> tuple[list[Target], list[Target]]:
-        """(routable now, ready but at their concurrency limit)."""
+    def _routable(
+        self, model: str, capability: str, exclude: set[str], needs: frozenset[str] = frozenset()
+    ) -> tuple[list[Target], list[Target]]:
+        """(routable now, ready but at their concurrency limit). ``needs``: features the
+        request uses (tools, response_format) that the instance's engine must honour."""
         targets = self._by_model.get(model)
         if targets is None:
             gone_at = self._gone_at.get(model)
@@ -154,15 +160,29 @@ class Router:
                 # it had instances moments ago: they are restarting or re-registering
                 raise Unavailable(f"model {model!r} has no instance right now; retry shortly")
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
-        kind = self._kinds[model]
-        if capability not in KIND_SERVES[kind]:
-            served = ", ".join(sorted(KIND_SERVES[kind]))
-            raise InvalidRequest(f"model {model!r} is an {kind.value} model: it serves {served}, not {capability}", param="model")
         now = time.monotonic()
-        ready = [
-            t for t in targets
-            if t.record.state is InstanceState.READY and t.client is not None and t.instance_id not in exclude
-        ]
+        ready = [t for t in targets if t.record.state is InstanceState.READY and t.client is not None]
+        if ready:
+            # what an instance serves is what its engine implements (an llm attached to an
+            # upstream that also embeds serves embeddings), as its record says
+            capable = [t for t in ready if capability in _serves(t.record)]
+            if not capable:
+                served = ", ".join(sorted(SERVES.intersection(*(_serves(t.record) for t in ready)))) or "nothing"
+                raise InvalidRequest(f"model {model!r} serves {served}, not {capability}", param="model")
+            if needs:
+                ready = [t for t in capable if needs <= t.record.capabilities]
+                if not ready:
+                    raise _unsupported(model, capable[0].record.engine, needs - capable[0].record.capabilities)
+            else:
+                ready = capable
+        else:
+            kind = self._kinds[model]
+            if capability not in KIND_SERVES[kind]:
+                served = ", ".join(sorted(KIND_SERVES[kind]))
+                raise InvalidRequest(
+                    f"model {model!r} is an {kind.value} model: it serves {served}, not {capability}", param="model"
+                )
+        ready = [t for t in ready if t.instance_id not in exclude]
         healthy = [t for t in ready if t.ejected_until <= now] or ready  # all ejected: try anyway
         if not healthy:
             states = ", ".join(sorted({t.record.state.value for t in targets})) or "none"
@@ -170,9 +190,9 @@ class Router:
         free = [t for t in healthy if not t.record.max_concurrency or t.in_flight < t.record.max_concurrency]
         return free, healthy
 
-    def has_routable(self, model: str, capability: str, exclude: set[str]) -> bool:
+    def has_routable(self, model: str, capability: str, exclude: set[str], needs: frozenset[str] = frozenset()) -> bool:
         try:
-            self._routable(model, capability, exclude)
+            self._routable(model, capability, exclude, needs)
         except (ModelNotFound, InvalidRequest, Unavailable):
             return False
         return True
@@ -193,7 +213,8 @@ class Router:
         While every instance is at its concurrency limit, requests wait in a bounded
         first-come-first-served queue, at most ``queue_timeout`` seconds."""
         exclude = exclude or set()
-        free, _ = self._routable(model, capability, exclude)  # raises for unknown models: no queue for them
+        needs = request.features() if request is not None else frozenset()
+        free, _ = self._routable(model, capability, exclude, needs)  # raises for unknown models: no queue for them
         queue = self._queues.setdefault(model, collections.deque())
         if free and not queue:
             return self._choose(model, free, request)
@@ -213,7 +234,7 @@ class Router:
                     await asyncio.wait_for(asyncio.shield(turn), remaining)
                 except TimeoutError:
                     continue
-                free, _ = self._routable(model, capability, exclude)
+                free, _ = self._routable(model, capability, exclude, needs)
                 if free:
                     return self._choose(model, free, request)
                 # woken but nothing fits this request: keep its place at the head
@@ -269,3 +290,18 @@ class Router:
                 if healthy:
                     log.info("instance %s answers health checks again", target.instance_id)
                     target.failures, target.ejected_until = 0, 0.0
+
+
+def _serves(record: InstanceRecord) -> frozenset[str]:
+    # a record without capabilities comes from a worker older than them: go by its kind
+    return record.capabilities or KIND_SERVES[ModelKind(record.kind)]
+
+
+def _unsupported(model: str, engine: str, missing: frozenset[str]) -> InvalidRequest:
+    what, param = _FEATURE_NAMES[sorted(missing)[0]]
+    return InvalidRequest(
+        f"{what} is not supported by model {model!r}: its engine {engine!r} does not honour it "
+        "(see `corral engines` for the engines that do)",
+        param=param,
+        code="unsupported_parameter",
+    )

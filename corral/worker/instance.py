@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from corral.core.engine import Embedding, Engine, Rerank, TextGeneration
+from corral.core.engine import Embedding, Engine, Rerank, StructuredOutput, TextGeneration, ToolCalling
+from corral.core.types import RESPONSE_FORMAT, TOOLS
 from corral.core.registry import InstanceRecord, InstanceState
 from corral.core.spec import ModelSpec
 
@@ -14,6 +15,10 @@ def capabilities(engine: object) -> frozenset[str]:
     caps = set()
     if isinstance(engine, TextGeneration):
         caps.update(("chat", "completion"))
+        if isinstance(engine, ToolCalling):
+            caps.add(TOOLS)
+        if isinstance(engine, StructuredOutput):
+            caps.add(RESPONSE_FORMAT)
     if isinstance(engine, Embedding):
         caps.add("embedding")
     if isinstance(engine, Rerank):

@@ -53,6 +53,7 @@ from corral.engines.openai_compatible.wire import (
     DONE,
     as_int,
     choice_text,
+    choice_tool_calls,
     error_message,
     finish_reason,
     retry_after,
@@ -266,7 +267,12 @@ class OpenAICompatibleEngine:
 
 
 class _Generation:
-    """TextGeneration: chat when ``request.messages``, else text completion."""
+    """TextGeneration: chat when ``request.messages``, else text completion. Tools and
+    ``response_format`` go upstream as given; an upstream that cannot honour them
+    answers 400, which reaches the client as such."""
+
+    honours_tools = True
+    honours_response_format = True
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         assert isinstance(self, OpenAICompatibleEngine)
@@ -432,14 +438,15 @@ class _Stream:
                             log.debug("ignoring choice %s of %s from %s (n=%d)", index, request.request_id, engine.url, n)
                             continue
                         text = choice_text(choice, self._chat)
+                        calls = choice_tool_calls(choice) if self._chat else ()
                         reason = choice.get("finish_reason")
                         finish = None
                         if reason and not finished[index]:
                             finish = finish_reason(reason, engine.url)
                             finished[index] = True
-                        if text or finish is not None:
+                        if text or finish is not None or calls:
                             seen[index] = True
-                            yield GenerationChunk(index, text, finish)
+                            yield GenerationChunk(index, text, finish, calls)
         except (httpx.RequestError, httpx.StreamError, OSError) as exc:
             raise InstanceLost(
                 f"lost the upstream server at {engine.url} mid-stream ({type(exc).__name__})"

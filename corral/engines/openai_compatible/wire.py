@@ -19,8 +19,10 @@ from corral.core.errors import (
     EngineError,
 )
 from corral.core.types import (
+    ChatMessage,
     FinishReason,
     GenerationRequest,
+    ToolCallDelta,
 )
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,8 @@ FINISH = {
     "eos_token": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
     "end_turn": FinishReason.STOP,
-    "tool_calls": FinishReason.STOP,
-    "function_call": FinishReason.STOP,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
     "content_filter": FinishReason.STOP,
     "length": FinishReason.LENGTH,
     "max_tokens": FinishReason.LENGTH,
@@ -102,7 +104,11 @@ async def whole_body(body: bytes) -> AsyncGenerator[Any, None]:
     if isinstance(obj, dict):
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict) and "message" in choice and "delta" not in choice:
-                choice["delta"] = choice["message"]
+                choice["delta"] = message = choice["message"]
+                if isinstance(message, dict):  # whole calls carry no index: their position is it
+                    for i, call in enumerate(message.get("tool_calls") or ()):
+                        if isinstance(call, dict):
+                            call.setdefault("index", i)
     yield obj
     yield DONE
 
@@ -116,6 +122,34 @@ def choice_text(choice: dict[str, Any], chat: bool) -> str:
     else:
         text = choice.get("text")
     return text if isinstance(text, str) else ""
+
+
+def choice_tool_calls(choice: dict[str, Any]) -> tuple[ToolCallDelta, ...]:
+    """The tool-call fragments of a chat chunk's delta (malformed entries are skipped)."""
+    delta = choice.get("delta")
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    if not calls or not isinstance(calls, list):
+        return ()
+    out = []
+    for position, call in enumerate(calls):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = call.get("index", position)
+        arguments = function.get("arguments")
+        out.append(
+            ToolCallDelta(
+                index if isinstance(index, int) else position,
+                _str_or_none(call.get("id")),
+                _str_or_none(function.get("name")),
+                arguments if isinstance(arguments, str) else "" if arguments is None else orjson.dumps(arguments).decode(),
+            )
+        )
+    return tuple(out)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def finish_reason(reason: Any, url: str) -> FinishReason:
@@ -133,10 +167,15 @@ def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
     their defaults, because strict servers refuse fields they do not know."""
     body: dict[str, Any] = {"model": model}
     if request.messages is not None:
-        body["messages"] = [
-            {"role": m.role, "content": m.content, "name": m.name} if m.name else {"role": m.role, "content": m.content}
-            for m in request.messages
-        ]
+        body["messages"] = [_message(m) for m in request.messages]
+        if request.tools:
+            body["tools"] = list(request.tools)
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
     else:
         body["prompt"] = request.prompt
     s = request.sampling
@@ -159,6 +198,21 @@ def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls
+        ]
+        if not m.content:
+            out["content"] = None
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 def error_message(body: bytes, secret: str | None) -> tuple[str, str | None, str | None]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from corral.core.errors import CorralError, EngineError
 from corral.core.types import GenerationChunk, GenerationEnd, Usage
+from corral.gateway.pipeline import Choice
 from corral.web.errors import error_event
 from corral.protocol.openai import responses
 from corral.protocol.openai.responses import SSE_DONE, sse
@@ -19,15 +20,23 @@ log = logging.getLogger(__name__)
 Stream = AsyncIterator[GenerationChunk | GenerationEnd]
 
 
-ChoiceDelta = Callable[[int, str, str | None, bool], dict[str, Any]]
+ChoiceDelta = Callable[[GenerationChunk, str | None, bool], dict[str, Any]]
 
 
-def chat_choice(index: int, text: str, finish: str | None, first: bool) -> dict[str, Any]:
-    return responses.chat_delta(index, text, finish, first)
+def chat_choice(item: GenerationChunk, finish: str | None, first: bool) -> dict[str, Any]:
+    calls = [responses.tool_call_delta(d.index, d.id, d.name, d.arguments) for d in item.tool_calls]
+    return responses.chat_delta(item.index, item.text, finish, first, calls)
 
 
-def text_choice(index: int, text: str, finish: str | None, first: bool) -> dict[str, Any]:
-    return responses.text_delta(index, text, finish)
+def text_choice(item: GenerationChunk, finish: str | None, first: bool) -> dict[str, Any]:
+    return responses.text_delta(item.index, item.text, finish)
+
+
+def whole_choices(choices: list[Choice]) -> list[responses.ChoiceOut]:
+    """Collected choices as the response builders take them."""
+    return [
+        (c.text, c.finish, [responses.tool_call(t.id, t.name, t.arguments) for t in c.tool_calls]) for c in choices
+    ]
 
 
 async def sse_stream(
@@ -60,9 +69,9 @@ async def sse_stream(
             if first:
                 started.add(item.index)
             finish = item.finish_reason.value if item.finish_reason is not None else None
-            if not item.text and not first and finish is None:
+            if not item.text and not first and finish is None and not item.tool_calls:
                 continue
-            yield sse({**base, "choices": [choice(item.index, item.text, finish, first)]})
+            yield sse({**base, "choices": [choice(item, finish, first)]})
     except CorralError as exc:
         # headers are gone already: the client learns of the failure in the stream
         yield sse(error_event(exc))

@@ -150,6 +150,11 @@ class OpenAIRoutes:
             "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "n": s.n,
             "stop": list(s.stop), "seed": s.seed, "stream": stream,
         }
+        if gen.tools:
+            event.params["tools"] = [str((t.get("function") or {}).get("name")) for t in gen.tools]
+            event.params["tool_choice"] = gen.tool_choice
+        if gen.response_format is not None:
+            event.params["response_format"] = gen.response_format.get("type")
         event.prompt_text = self._tracker.prompt_of(gen)
         event.completion_text = "" if self._tracker.capture.enabled else None
 
@@ -179,7 +184,8 @@ def _traced(gen: GenerationRequest, event: RequestEvent) -> GenerationRequest:
 
 def _whole(build: Builder, id_: str, model: str, choices: Choices, usage: Usage, served_by: str) -> Response:
     usage_body = responses.usage_dict(usage.prompt_tokens, usage.completion_tokens)
-    return json_response(200, build(id_, int(time.time()), model, choices, usage_body), {INSTANCE_HEADER: served_by})
+    body = build(id_, int(time.time()), model, render.whole_choices(choices), usage_body)
+    return json_response(200, body, {INSTANCE_HEADER: served_by})
 
 
-Builder = Callable[[str, int, str, Choices, dict[str, int]], dict[str, Any]]
+Builder = Callable[[str, int, str, list[responses.ChoiceOut], dict[str, int]], dict[str, Any]]

@@ -1,13 +1,18 @@
 """OpenAI request models -> Corral's internal request types.
 
 Parameters no engine of this build can honour are refused here with a 400 naming the
-field, rather than silently ignored.
+field, rather than silently ignored. Tools and ``response_format`` pass through; the
+router refuses them for models whose engine does not honour them.
 """
 
 from __future__ import annotations
 
 from corral.core.errors import InvalidRequest
-from corral.core.types import ChatMessage, EmbeddingRequest, GenerationRequest, RerankRequest, SamplingParams
+from typing import Any
+
+from pydantic import BaseModel
+
+from corral.core.types import ChatMessage, ToolCall, EmbeddingRequest, GenerationRequest, RerankRequest, SamplingParams
 from corral.protocol.openai.requests import (
     ChatCompletionRequest,
     ChatMessageIn,
@@ -41,8 +46,6 @@ def _sampling(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
 
 
 def _message(i: int, msg: ChatMessageIn) -> ChatMessage:
-    if msg.role == "tool" or msg.tool_calls:
-        raise _refuse(f"messages[{i}]", "tool calling")
     if isinstance(msg.content, list):
         parts = []
         for j, part in enumerate(msg.content):
@@ -53,14 +56,11 @@ def _message(i: int, msg: ChatMessageIn) -> ChatMessage:
     else:
         content = msg.content or ""
     role = "system" if msg.role == "developer" else msg.role
-    return ChatMessage(role=role, content=content, name=msg.name)
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in msg.tool_calls or ())
+    return ChatMessage(role=role, content=content, name=msg.name, tool_calls=calls, tool_call_id=msg.tool_call_id)
 
 
 def chat(req: ChatCompletionRequest, request_id: str, session: str | None = None) -> GenerationRequest:
-    if req.tools:
-        raise _refuse("tools", "tool calling")
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise _refuse("response_format", f"response_format {req.response_format.get('type')!r}")
     if req.logprobs:
         raise _refuse("logprobs", "logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -71,7 +71,17 @@ def chat(req: ChatCompletionRequest, request_id: str, session: str | None = None
         messages=tuple(_message(i, m) for i, m in enumerate(req.messages)),
         user=req.user,
         session=session,
+        tools=tuple(t.model_dump(exclude_unset=True) for t in req.tools or ()),
+        tool_choice=_dump(req.tool_choice),
+        parallel_tool_calls=req.parallel_tool_calls,
+        response_format=None
+        if req.response_format is None or req.response_format.type == "text"
+        else req.response_format.model_dump(exclude_unset=True, by_alias=True),
     )
+
+
+def _dump(value: str | BaseModel | None) -> str | dict[str, Any] | None:
+    return value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
 
 
 def completions(req: CompletionRequest, request_id: str, session: str | None = None) -> list[GenerationRequest]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 _CONFIG = ConfigDict(strict=True, extra="ignore")
 
@@ -36,13 +36,84 @@ class ContentPart(BaseModel):
         return value
 
 
+# Tool and structured-output fields are validated for shape, then passed to engines as
+# the client wrote them (``model_dump(exclude_unset=True)``), vendor extras included.
+_PASS = ConfigDict(strict=True, extra="allow")
+
+
+class FunctionCallIn(BaseModel):
+    model_config = _CONFIG
+    name: StrictStr
+    arguments: StrictStr  # JSON text
+
+
+class ToolCallIn(BaseModel):
+    model_config = _CONFIG
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = _CONFIG
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart | ContentPart] | None = None
     name: StrictStr | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _tool_turn(self) -> ChatMessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+
+class FunctionDef(BaseModel):
+    model_config = _PASS
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = _PASS
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _CONFIG
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _PASS
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = _PASS
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: StrictStr | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = _PASS
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a json_schema object with a name and a schema")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -79,9 +150,20 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _choice_names_a_tool(self) -> ChatCompletionRequest:
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {t.function.name for t in self.tools or ()}
+            if self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names the function {self.tool_choice.function.name!r}, which tools does not declare")
+        elif self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs tools")
+        return self
 
 
 class CompletionRequest(SamplingFields):

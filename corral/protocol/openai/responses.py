@@ -20,8 +20,36 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+ChoiceOut = tuple[str, str | None, list[dict[str, Any]]]  # text, finish reason, tool calls (see tool_call)
+
+
+def tool_call(id_: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def tool_call_delta(index: int, id_: str | None, name: str | None, arguments: str) -> dict[str, Any]:
+    """A streamed fragment: id, type and name only in a call's first fragment."""
+    out: dict[str, Any] = {"index": index}
+    function: dict[str, Any] = {}
+    if id_ is not None:
+        out["id"] = id_
+        out["type"] = "function"
+    if name is not None:
+        function["name"] = name
+    function["arguments"] = arguments
+    out["function"] = function
+    return out
+
+
+def chat_message(text: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    if not tool_calls:
+        return {"role": "assistant", "content": text}
+    # OpenAI sends null content beside tool calls when the model wrote no text
+    return {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
+
+
 def chat_completion(
-    id_: str, created: int, model: str, choices: list[tuple[str, str | None]], usage: dict[str, int]
+    id_: str, created: int, model: str, choices: list[ChoiceOut], usage: dict[str, int]
 ) -> dict[str, Any]:
     return {
         "id": id_,
@@ -31,11 +59,11 @@ def chat_completion(
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": text},
+                "message": chat_message(text, calls),
                 "logprobs": None,
                 "finish_reason": finish,
             }
-            for i, (text, finish) in enumerate(choices)
+            for i, (text, finish, calls) in enumerate(choices)
         ],
         "usage": usage,
         "system_fingerprint": None,
@@ -43,7 +71,7 @@ def chat_completion(
 
 
 def text_completion(
-    id_: str, created: int, model: str, choices: list[tuple[str, str | None]], usage: dict[str, int]
+    id_: str, created: int, model: str, choices: list[ChoiceOut], usage: dict[str, int]
 ) -> dict[str, Any]:
     return {
         "id": id_,
@@ -52,17 +80,23 @@ def text_completion(
         "model": model,
         "choices": [
             {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-            for i, (text, finish) in enumerate(choices)
+            for i, (text, finish, _) in enumerate(choices)
         ],
         "usage": usage,
         "system_fingerprint": None,
     }
 
 
-def chat_delta(index: int, content: str | None, finish: str | None, first: bool) -> dict[str, Any]:
+def chat_delta(
+    index: int, content: str | None, finish: str | None, first: bool, tool_calls: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     delta: dict[str, Any] = {"role": "assistant", "content": content or ""} if first else {}
     if content and not first:
         delta["content"] = content
+    if tool_calls:
+        delta["tool_calls"] = tool_calls
+        if first and not content:
+            delta["content"] = None
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 

@@ -688,3 +688,34 @@ async def test_no_limit_never_queues(registry: EmbeddedRegistry, make_router) ->
     assert held[0].in_flight == 50
     for t in held:
         r.release(t)
+
+
+async def test_capabilities_in_records_decide_what_a_model_serves(registry: EmbeddedRegistry, router: Router) -> None:
+    """An llm whose engine also embeds (openai-compatible with supports_embeddings)."""
+    both = dataclasses.replace(rec("l1"), capabilities=frozenset({"chat", "completion", "embedding"}))
+    await registry.put(both)
+    await settle()
+    assert (await pick(router, "llm", "embedding")).instance_id == "l1"
+    with pytest.raises(InvalidRequest) as info:
+        await router.acquire("llm", "rerank")
+    assert "serves chat, completion, embedding, not rerank" in info.value.message
+
+
+async def test_tools_go_only_to_engines_that_honour_them(registry: EmbeddedRegistry, router: Router) -> None:
+    plain = dataclasses.replace(rec("p1", "plain"), capabilities=frozenset({"chat", "completion"}))
+    agent = dataclasses.replace(rec("a1", "agent"), capabilities=frozenset({"chat", "completion", "tools"}))
+    await registry.put(plain)
+    await registry.put(agent)
+    await settle()
+    tools = ({"type": "function", "function": {"name": "f"}},)
+    with pytest.raises(InvalidRequest) as info:
+        await router.acquire("plain", "chat", GenerationRequest("r", "plain", SamplingParams(), prompt="x", tools=tools))
+    assert (info.value.param, info.value.code) == ("tools", "unsupported_parameter")
+    assert "'fake'" in info.value.message  # names the engine
+    fmt = GenerationRequest("r", "agent", SamplingParams(), prompt="x", response_format={"type": "json_object"})
+    with pytest.raises(InvalidRequest) as info:
+        await router.acquire("agent", "chat", fmt)
+    assert info.value.param == "response_format"
+    target = await router.acquire("agent", "chat", GenerationRequest("r", "agent", SamplingParams(), prompt="x", tools=tools))
+    assert target.instance_id == "a1"
+    router.release(target)

@@ -27,6 +27,7 @@ from tests.integration.servers import free_port
 
 WORDS = ("Hel", "lo", " world")
 KEY = "sk-fake-SECRET-123"
+TOOL_CALLS = (("get_weather", '{"city": "Paris"}'), ("get_time", '{"tz": "Europe/Paris"}'))
 
 
 def sse(obj: object) -> bytes:
@@ -121,6 +122,15 @@ class FakeUpstream:
             await asyncio.sleep(3)
         if model == "json":  # ignores stream: true
             return JSONResponse(self._whole(body, chat))
+        if model == "tools-json":  # tool calls in a whole (non-streamed) answer
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+                for i, (name, args) in enumerate(TOOL_CALLS)
+            ]}
+            return JSONResponse({"object": "chat.completion", "usage": {"prompt_tokens": 9, "completion_tokens": 7},
+                                 "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
+        if model == "tools":
+            return StreamingResponse(self._tool_events(), media_type="text/event-stream")
         return StreamingResponse(self._events(body, chat), media_type="text/event-stream")
 
     def _whole(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -174,6 +184,20 @@ class FakeUpstream:
         finally:
             if not completed:
                 self.seen.disconnected.set()
+
+    async def _tool_events(self) -> AsyncIterator[bytes]:
+        """Two calls, as OpenAI streams them: id, type and name first, then the
+        arguments in fragments; finish reason ``tool_calls``."""
+        yield sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]})
+        for i, (name, args) in enumerate(TOOL_CALLS):
+            first = {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": ""}}
+            yield sse({"choices": [{"index": 0, "delta": {"tool_calls": [first]}}]})
+            half = len(args) // 2
+            for part in (args[:half], args[half:]):
+                yield sse({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": part}}]}}]})
+        yield sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        yield sse({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}})
+        yield b"data: [DONE]\n\n"
 
     async def embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

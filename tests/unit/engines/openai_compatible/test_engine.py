@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,12 +30,19 @@ from corral.core.types import (
     GenerationEnd,
     GenerationRequest,
     SamplingParams,
+    Usage,
 )
 from corral.engines.catalog import get_entry
 from corral.engines.openai_compatible.engine import OpenAICompatibleEngine
-from corral.gateway.pipeline import collect
+from corral.gateway import pipeline
 from tests.integration.servers import free_port
 from tests.unit.engines.openai_compatible.fake_upstream import KEY, WORDS, FakeUpstream
+
+
+async def collect(stream: Any, n: int) -> tuple[list[tuple[str, str | None]], Usage]:
+    """(text, finish reason) per choice, and usage."""
+    choices, usage = await pipeline.collect(stream, n)
+    return [(c.text, c.finish) for c in choices], usage
 
 
 @pytest.fixture(scope="module")
