@@ -80,6 +80,15 @@ BUILTIN: tuple[EngineEntry, ...] = (
         extra="llamacpp",
     ),
     EngineEntry(
+        name="vllm",
+        kinds=frozenset({ModelKind.LLM}),
+        serves=("chat", "completion"),
+        options="corral.engines.vllm.options:VLLMOptions",
+        factory="corral.engines.vllm.engine:VLLMEngine",
+        requires=("vllm",),
+        extra="vllm",
+    ),
+    EngineEntry(
         name="sentence-transformers",
         kinds=frozenset({ModelKind.EMBEDDING, ModelKind.RERANK}),
         serves=("embedding", "rerank"),

@@ -167,8 +167,8 @@ def test_bad_name(tmp_path: Path) -> None:
 
 
 def test_unknown_engine_lists_known(tmp_path: Path) -> None:
-    message = error_of(tmp_path, MODEL.replace('"transformers"', '"vllm"'))
-    assert ":4: models[0].engine: unknown engine 'vllm'; known engines:" in message
+    message = error_of(tmp_path, MODEL.replace('"transformers"', '"no-such-engine"'))
+    assert ":4: models[0].engine: unknown engine 'no-such-engine'; known engines:" in message
     assert "sentence-transformers" in message and "transformers" in message
 
 

@@ -1,0 +1,1 @@
+"""Fake of ``vllm.engine`` (see the ``vllm`` package docstring)."""

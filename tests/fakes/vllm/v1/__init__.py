@@ -1,0 +1,1 @@
+"""Fake of ``vllm.v1`` (see the ``vllm`` package docstring)."""
