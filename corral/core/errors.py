@@ -52,6 +52,15 @@ class Conflict(CorralError):
     code = "conflict"
 
 
+class ClientClosed(CorralError):
+    """The client went away before its answer was ready; the work was cancelled. Nobody
+    reads the response; the status (nginx's 499) is for records and metrics."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class PayloadTooLarge(CorralError):
     status = 413
     type = "invalid_request_error"

@@ -20,7 +20,7 @@ class ClosingStream:
 
     def __init__(self, gen: AsyncGenerator[Item, None], on_close: Callable[[], None]) -> None:
         self._gen = gen
-        self._on_close = on_close
+        self._on_close: Callable[[], None] | None = on_close
 
     def __aiter__(self) -> ClosingStream:
         return self
@@ -29,7 +29,10 @@ class ClosingStream:
         return await self._gen.__anext__()
 
     async def aclose(self) -> None:
+        """Idempotent: several owners (a response, a pipeline call) may close it."""
         try:
             await self._gen.aclose()
         finally:
-            self._on_close()
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()

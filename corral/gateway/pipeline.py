@@ -205,9 +205,7 @@ class Pipeline:
                 continue
             return call.target.instance_id, choices, usage
 
-    async def generate_many(
-        self, requests: list[GenerationRequest], capability: str
-    ) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+    async def generate_many(self, requests: list[GenerationRequest], capability: str) -> Merged:
         """Several prompts of one API call (``prompt`` as a list): choices are numbered
         prompt by prompt, usage is summed, and all run concurrently."""
         calls: list[Call] = []
@@ -218,8 +216,7 @@ class Pipeline:
             for call in calls:
                 await call.close()
             raise
-        n = requests[0].sampling.n
-        return _merge(calls, n)
+        return Merged(calls, requests[0].sampling.n)
 
     async def embed(self, request: EmbeddingRequest, event: RequestEvent | None = None) -> tuple[str, EmbeddingResult]:
         """The result and the id of the instance that computed it."""
@@ -293,6 +290,22 @@ async def collect(stream: AsyncIterator[GenerationChunk | GenerationEnd], n: int
         Choice("".join(t), f, tuple(ToolCall(p[0], p[1], "".join(p[2:])) for _, p in sorted(c.items())))
         for t, f, c in zip(texts, finish, calls)
     ], usage
+
+
+class Merged:
+    """Several calls of one API request as one stream; ``close`` closes them all,
+    whether the stream was iterated or not."""
+
+    def __init__(self, calls: list[Call], n: int) -> None:
+        self._calls = calls
+        self._n = n
+
+    def __aiter__(self) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        return _merge(self._calls, self._n)
+
+    async def close(self) -> None:
+        for call in self._calls:
+            await call.close()
 
 
 async def _merge(calls: list[Call], n: int) -> AsyncIterator[GenerationChunk | GenerationEnd]:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from corral.core.errors import CorralError
+from corral.core.errors import ClientClosed, CorralError
 from corral.core.observe import Observers, RequestEvent
 from corral.core.types import GenerationRequest
 from corral.observe.tracing import new_id, parse_traceparent
@@ -49,7 +49,8 @@ class Tracker:
         try:
             yield event
         except CorralError as exc:
-            event.outcome, event.http_status, event.error = "error", exc.status, exc.message
+            outcome = "cancelled" if isinstance(exc, ClientClosed) else "error"
+            event.outcome, event.http_status, event.error = outcome, exc.status, exc.message
             self.finish(event)
             raise
         except BaseException as exc:

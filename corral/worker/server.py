@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.cluster import wire
@@ -33,6 +33,7 @@ from corral.core.types import GenerationEnd
 from corral.observe import tracing
 from corral.observe.metrics import WorkerMetrics, metrics_route
 from corral.web.body import read_body
+from corral.web.streaming import ClosingStreamingResponse
 from corral.web.responses import json_response
 from corral.web.middleware import ApiKeys, RequestId
 from corral.worker.instance import Instance
@@ -64,7 +65,10 @@ def create_worker_app(
         with worker.track(instance):
             stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
         trace = WorkerTrace(req.traceparent, instance, received, started) if req.traceparent else None
-        return StreamingResponse(_lines(worker, instance, stream, trace), media_type="application/x-ndjson")
+        aclose = getattr(stream, "aclose", None)
+        return ClosingStreamingResponse(
+            _lines(worker, instance, stream, trace), on_close=aclose or _nothing, media_type="application/x-ndjson"
+        )
 
     async def embed(request: Request) -> Response:
         instance = instance_for(request, Embedding)
@@ -187,6 +191,10 @@ async def _lines(worker: Worker, instance: Instance, stream: Any, trace: WorkerT
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def _nothing() -> None:
+    pass
 
 
 def _error_line(exc: CorralError) -> bytes:

@@ -47,10 +47,9 @@ async def sse_stream(
     obj: str,
     choice: ChoiceDelta,
     include_usage: bool,
-    on_end: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body; ``on_end`` runs when it ends, however it ends (done, failed, or the
-    client went away)."""
+    """The SSE body. Failures after the headers went out become an error event; the
+    stream always ends with ``[DONE]``."""
     created = int(time.time())
     base: dict[str, Any] = {"id": id_, "object": obj, "created": created, "model": model, "system_fingerprint": None}
     if include_usage:
@@ -78,7 +77,4 @@ async def sse_stream(
     except Exception as exc:  # never leave a client waiting on a half stream
         log.exception("stream %s failed", id_)
         yield sse(error_event(EngineError(f"stream failed: {type(exc).__name__}")))
-    finally:
-        if on_end is not None:
-            on_end()
     yield SSE_DONE

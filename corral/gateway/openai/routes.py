@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.core.errors import ModelNotFound
@@ -18,10 +18,12 @@ from corral.core.registry import InstanceState
 from corral.web.body import read_body
 from corral.web.errors import from_validation
 from corral.web.responses import json_response
+from corral.web.disconnect import unless_client_leaves
+from corral.web.streaming import ClosingStreamingResponse
 from corral.gateway.openai import render, translate
 from corral.core.observe import RequestEvent
 from corral.core.types import GenerationRequest, Usage
-from corral.gateway.pipeline import Choices, Pipeline, collect
+from corral.gateway.pipeline import Call, Choices, Merged, Pipeline, collect
 from corral.gateway.router import Router
 from corral.gateway.tracking import Tracker
 from corral.observe import tracing
@@ -90,8 +92,8 @@ class OpenAIRoutes:
             id_ = f"chatcmpl-{rid}"
             if req.stream:
                 call = await self._pipeline.generate(gen, "chat", event)
-                return self._stream(aiter(call), req, id_, "chat.completion.chunk", render.chat_choice, event)
-            served_by, choices, usage = await self._pipeline.complete(gen, "chat", event)
+                return self._stream(call, req, id_, "chat.completion.chunk", render.chat_choice, event)
+            served_by, choices, usage = await unless_client_leaves(request, self._pipeline.complete(gen, "chat", event))
             return _whole(responses.chat_completion, id_, req.model, choices, usage, served_by)
 
     async def completions(self, request: Request) -> Response:
@@ -102,16 +104,18 @@ class OpenAIRoutes:
             self._describe(event, gens[0], req.stream)
             id_ = f"cmpl-{rid}"
             if len(gens) > 1:
-                stream = await self._pipeline.generate_many(gens, "completion")
+                merged = await self._pipeline.generate_many(gens, "completion")
                 if req.stream:
-                    return self._stream(stream, req, id_, "text_completion", render.text_choice, event, "multiple")
-                choices, usage = await collect(stream, req.n * len(gens))
+                    return self._stream(merged, req, id_, "text_completion", render.text_choice, event, "multiple")
+                choices, usage = await unless_client_leaves(request, _whole_merged(merged, req.n * len(gens)))
                 event.prompt_tokens, event.completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 return _whole(responses.text_completion, id_, req.model, choices, usage, "multiple")
             if req.stream:
                 call = await self._pipeline.generate(gens[0], "completion", event)
-                return self._stream(aiter(call), req, id_, "text_completion", render.text_choice, event)
-            served_by, choices, usage = await self._pipeline.complete(gens[0], "completion", event)
+                return self._stream(call, req, id_, "text_completion", render.text_choice, event)
+            served_by, choices, usage = await unless_client_leaves(
+                request, self._pipeline.complete(gens[0], "completion", event)
+            )
             return _whole(responses.text_completion, id_, req.model, choices, usage, served_by)
 
     async def embeddings(self, request: Request) -> Response:
@@ -160,7 +164,7 @@ class OpenAIRoutes:
 
     def _stream(
         self,
-        stream: render.Stream,
+        stream: Call | Merged,
         req: SamplingFields,
         id_: str,
         chunk_object: str,
@@ -169,12 +173,24 @@ class OpenAIRoutes:
         served_by: str | None = None,
     ) -> Response:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        body = render.sse_stream(
-            stream, id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage,
-            on_end=lambda: self._tracker.finish(event),
-        )
+        body = render.sse_stream(aiter(stream), id_=id_, model=req.model, obj=chunk_object, choice=choice, include_usage=include_usage)
+
+        async def on_close() -> None:
+            # runs however the response ended, even if the client left before its first
+            # byte: the call's close releases the instance and marks the event cancelled
+            # unless it completed, then the event is finished (recorded) once
+            await stream.close()
+            self._tracker.finish(event)
+
         headers = {**_SSE_HEADERS, INSTANCE_HEADER: served_by or event.instance_id or ""}
-        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+        return ClosingStreamingResponse(body, on_close, "text/event-stream", headers)
+
+
+async def _whole_merged(merged: Merged, n: int) -> tuple[Choices, Usage]:
+    try:
+        return await collect(aiter(merged), n)
+    finally:
+        await merged.close()
 
 
 def _traced(gen: GenerationRequest, event: RequestEvent) -> GenerationRequest:

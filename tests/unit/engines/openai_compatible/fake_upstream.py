@@ -118,7 +118,7 @@ class FakeUpstream:
                                 headers={"retry-after": "7"})
         if model == "err500":
             return PlainTextResponse("Internal Server Error", status_code=500)
-        if model == "hang":
+        if model in ("hang", "hang-slow"):
             await asyncio.sleep(3)
         if model == "json":  # ignores stream: true
             return JSONResponse(self._whole(body, chat))
@@ -155,7 +155,7 @@ class FakeUpstream:
         try:
             if chat:
                 yield sse({"choices": [{"index": i, "delta": {"role": "assistant"}} for i in range(n)]})
-            if model == "slow":  # streams forever, until the client leaves
+            if model in ("slow", "hang-slow"):  # streams forever, until the client leaves
                 while True:
                     yield sse({"choices": [choice(0, "x")]})
                     await asyncio.sleep(0.05)

@@ -1,0 +1,62 @@
+"""ClosingStreamingResponse cleans up even when its body never starts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.requests import ClientDisconnect
+
+from corral.web.streaming import ClosingStreamingResponse
+
+
+async def test_client_gone_before_the_body_started() -> None:
+    started: list[bool] = []
+    closed: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        started.append(True)
+        try:
+            yield b"data: 1\n\n"
+        finally:
+            closed.append("body")
+
+    async def on_close() -> None:
+        closed.append("on_close")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("connection reset")  # an ASGI 2.4 server: sending to a departed client fails
+
+    response = ClosingStreamingResponse(body(), on_close, "text/event-stream")
+    with pytest.raises(ClientDisconnect):
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert started == [] and closed == ["on_close"]  # a never-started generator runs no finally
+
+
+async def test_normal_end_closes_once() -> None:
+    closed: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    async def on_close() -> None:
+        closed.append("on_close")
+
+    async def receive() -> dict[str, Any]:
+        import asyncio
+
+        await asyncio.sleep(10)  # the client stays
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await ClosingStreamingResponse(body(), on_close, "text/plain")({"type": "http"}, receive, send)
+    assert [m.get("body") for m in sent[1:]] == [b"a", b"b", b""] and closed == ["on_close"]
