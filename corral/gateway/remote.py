@@ -1,8 +1,8 @@
 """The gateway's client for an instance on another worker: implements the engine
 capability protocols over the internal worker protocol (``corral.cluster.wire``).
 
-One pooled keep-alive ``httpx.AsyncClient`` per gateway is shared by every remote
-instance; a connection failure before the response starts raises ``Unreachable`` so the
+One pooled keep-alive aiohttp session per gateway (``corral.web.pool``) is shared by
+every remote instance; a connection failure before the response starts raises ``Unreachable`` so the
 pipeline can retry on another instance; closing the stream early closes the connection,
 which the worker sees as a disconnect and cancels the engine's work.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from corral.cluster import wire
-from corral.web.client import make_http_client
+from corral.web.pool import ResponseLines, TransportError
 from corral.core.errors import CorralError, InstanceLost, Unreachable
 from corral.core.types import (
     EmbeddingRequest,
@@ -30,10 +30,12 @@ from corral.core.types import (
     Usage,
 )
 
+_JSON = {"content-type": "application/json"}
+
 
 class RemoteInstance:
-    def __init__(self, http: httpx.AsyncClient, address: str, instance_id: str) -> None:
-        self._http = http
+    def __init__(self, session: aiohttp.ClientSession, address: str, instance_id: str) -> None:
+        self._session = session
         self._base = f"{address.rstrip('/')}/internal/v1/instances/{instance_id}"
         self.address = address
 
@@ -41,41 +43,25 @@ class RemoteInstance:
         """Nothing to load: the worker owns the engine."""
 
     async def stop(self) -> None:
-        """The shared HTTP client is closed by the gateway."""
+        """The shared session is closed by the gateway."""
 
     def load(self) -> EngineLoad:
         return EngineLoad()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]:
-        req = self._http.build_request(
-            "POST", f"{self._base}/generate", content=wire.encode_generation(request),
-            headers={"content-type": "application/json"},
-        )
         try:
-            resp = await self._http.send(req, stream=True)
-        except (httpx.TransportError, OSError) as exc:
+            resp = await self._session.post(f"{self._base}/generate", data=wire.encode_generation(request), headers=_JSON)
+        except TransportError as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            body = await resp.aread()
-            await resp.aclose()
-            raise _error(resp.status_code, body)
-        return self._stream(resp)
-
-    async def _stream(self, resp: httpx.Response) -> AsyncIterator[GenerationChunk | GenerationEnd]:
-        ended = False
-        try:
-            async for line in resp.aiter_lines():
-                if not line:
-                    continue
-                item = wire.decode_item(line.encode())
-                ended = isinstance(item, GenerationEnd)
-                yield item
-        except (httpx.TransportError, OSError) as exc:
-            raise InstanceLost(f"lost the instance at {self.address} mid-stream ({type(exc).__name__})") from None
-        finally:
-            await resp.aclose()
-        if not ended:
-            raise InstanceLost(f"the instance at {self.address} ended the stream early")
+        if resp.status != 200:
+            try:
+                body = await resp.read()
+            except TransportError:
+                body = b""
+            finally:
+                resp.release()
+            raise _error(resp.status, body)
+        return _Items(ResponseLines(resp), self.address)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         data = await self._unary("embed", wire.encode_embedding(request))
@@ -87,14 +73,54 @@ class RemoteInstance:
 
     async def _unary(self, action: str, body: bytes) -> Any:
         try:
-            resp = await self._http.post(
-                f"{self._base}/{action}", content=body, headers={"content-type": "application/json"}
-            )
-        except (httpx.TransportError, OSError) as exc:
+            async with self._session.post(f"{self._base}/{action}", data=body, headers=_JSON) as resp:
+                content = await resp.read()
+                status = resp.status
+        except TransportError as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise _error(resp.status_code, resp.content)
-        return orjson.loads(resp.content)
+        if status != 200:
+            raise _error(status, content)
+        return orjson.loads(content)
+
+
+class _Items:
+    """The worker's NDJSON lines as generation items; closing it (started or not) ends
+    the exchange, which the worker takes as the client leaving when it is not done."""
+
+    __slots__ = ("_lines", "_address", "_ended")
+
+    def __init__(self, lines: ResponseLines, address: str) -> None:
+        self._lines = lines
+        self._address = address
+        self._ended = False
+
+    def __aiter__(self) -> _Items:
+        return self
+
+    async def __anext__(self) -> GenerationChunk | GenerationEnd:
+        while True:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                if self._ended:
+                    raise
+                raise InstanceLost(f"the instance at {self._address} ended the stream early") from None
+            except TransportError as exc:
+                self._lines.aclose_now()
+                raise InstanceLost(f"lost the instance at {self._address} mid-stream ({type(exc).__name__})") from None
+            if not line:
+                continue
+            try:
+                item = wire.decode_item(line)
+            except CorralError:
+                self._lines.aclose_now()
+                raise
+            if isinstance(item, GenerationEnd):
+                self._ended = True
+            return item
+
+    async def aclose(self) -> None:
+        await self._lines.aclose()
 
 
 def _error(status: int, body: bytes) -> CorralError:

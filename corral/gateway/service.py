@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 from starlette.applications import Starlette
 
@@ -15,6 +16,7 @@ from corral.core.spec import ServerSettings
 from corral.gateway.app import create_gateway_app
 from corral.gateway.remote import RemoteInstance
 from corral.web.client import make_http_client
+from corral.web.pool import PoolSettings, make_session
 from corral.gateway.router import Router, RouterSettings, Target
 from corral.observe.setup import gateway_observability
 
@@ -28,7 +30,9 @@ class GatewayService:
         router_settings: RouterSettings | None = None,
     ) -> None:
         self._registry = registry
-        self._http = make_http_client(cluster_token)
+        self._http = make_http_client(cluster_token)  # health probes
+        self._token = cluster_token
+        self._session: aiohttp.ClientSession | None = None  # the hot path to workers, opened in the lifespan
         self.router = Router(registry, self._resolve, router_settings, health_check=self._probe)
         self.observability = gateway_observability(server, self.router, "corral-gateway")
         self.app = create_gateway_app(
@@ -39,7 +43,8 @@ class GatewayService:
     def _resolve(self, record: InstanceRecord) -> object | None:
         if record.address is None:
             return None  # an in-process instance of some other process: not reachable from here
-        return RemoteInstance(self._http, record.address, record.instance_id)
+        assert self._session is not None, "records are followed only once the session is open"
+        return RemoteInstance(self._session, record.address, record.instance_id)
 
     async def _probe(self, target: Target) -> bool:
         client = target.client
@@ -55,12 +60,15 @@ class GatewayService:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self._registry.open()
         await self.observability.open()
+        headers = {"authorization": f"Bearer {self._token}"} if self._token else None
+        self._session = make_session(PoolSettings(connect_timeout_s=2.0), headers)
         await self.router.start()
         try:
             yield
         finally:
             await self.router.stop()
             await self.observability.close()
+            await self._session.close()
             await self._http.aclose()
             await self._registry.close()
 

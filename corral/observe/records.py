@@ -249,19 +249,13 @@ class RecordStore(SqlBase):
         return batch
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.batch_size:
-                batch += self._take(self.batch_size - len(batch))
-                remaining = deadline - loop.time()
-                if len(batch) >= self.batch_size or remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            # gather what arrives in the next moment into the same statement: one sleep
+            # per batch, not a timed wait per row (rows come at request rate)
+            if self._queue.qsize() < self.batch_size - 1:
+                await asyncio.sleep(self.batch_wait_s)
+            batch += self._take(self.batch_size - 1)
             await self._write(batch)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:

@@ -1,0 +1,78 @@
+"""The pooled keep-alive HTTP client of the hot path (aiohttp).
+
+Every generation crosses one or two hops after the gateway (gateway -> worker, engine
+-> upstream server); these are on the critical path of each token, so they use aiohttp,
+whose C HTTP parser costs about a quarter of httpx's CPU per streamed request (measured
+in benchmarks/). Control-plane calls keep httpx (``corral.web.client``).
+
+``open_stream`` sends a request and returns once the response headers are in;
+``ResponseLines`` then yields the body line by line and is closed exactly once: at the
+end of the body its connection goes back to the pool, before the end (a client gone) it
+is dropped, which the server on the other side sees as a disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+TransportError = (aiohttp.ClientError, OSError, asyncio.TimeoutError)  # a failed exchange, any cause
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float | None = None  # longest silence while reading; None: unbounded
+    max_connections: int = 2048
+    keepalive_s: float = 30.0
+
+
+def make_session(settings: PoolSettings, headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+    """One per process or engine, created inside the running event loop."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_connections, keepalive_timeout=settings.keepalive_s, ttl_dns_cache=60,
+        enable_cleanup_closed=False,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+    )
+    # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as operators of cloud upstreams expect
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=dict(headers or {}), trust_env=True,
+        auto_decompress=True, skip_auto_headers=("user-agent",),
+    )
+
+
+class ResponseLines:
+    """The body of a streamed response, line by line (without the line ending)."""
+
+    __slots__ = ("response", "_closed")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self._closed = False
+
+    def __aiter__(self) -> ResponseLines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.response.content.readline()
+        if not line:
+            self.aclose_now(complete=True)
+            raise StopAsyncIteration
+        return line.rstrip(b"\r\n")
+
+    def aclose_now(self, complete: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if complete:
+            self.response.release()  # read to the end: the connection is reusable
+        else:
+            self.response.close()  # mid-body: drop the connection (the server sees the client leave)
+
+    async def aclose(self) -> None:
+        self.aclose_now(complete=self.response.content.at_eof())
