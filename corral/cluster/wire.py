@@ -221,4 +221,7 @@ def error_from_wire(status: int, body: Any) -> CorralError:
         cls = _BY_STATUS.get(status, EngineError)
     if cls is Overloaded:
         return Overloaded(message, retry_after=float(err.get("retry_after") or 1.0))
-    return cls(message, param=err.get("param"), code=code)
+    rebuilt = cls(message, param=err.get("param"), code=code)
+    if rebuilt.status != status and status >= 400:
+        rebuilt.status = status  # e.g. 502 for an upstream that refused the credentials
+    return rebuilt

@@ -60,6 +60,17 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _cloud(name: str, serves: tuple[str, ...], options: str = "openai_compatible.options:CloudOptions",
+           factory: str = "openai_compatible.cloud:create_engine") -> EngineEntry:
+    """A cloud provider: an entry of ``openai_compatible/providers.py`` (or anthropic),
+    built in (httpx is a core dependency), serving what the vendor's API has."""
+    kinds = {ModelKind.LLM} | ({ModelKind.EMBEDDING} if "embedding" in serves else set())
+    return EngineEntry(
+        name=name, kinds=frozenset(kinds), serves=serves, options=f"corral.engines.{options}",
+        factory=f"corral.engines.{factory}", requires=("httpx",), extra="",
+    )
+
+
 BUILTIN: tuple[EngineEntry, ...] = (
     EngineEntry(
         name="transformers",
@@ -106,6 +117,16 @@ BUILTIN: tuple[EngineEntry, ...] = (
         requires=("httpx",),
         extra="",  # httpx is a core dependency
     ),
+    _cloud("openai", ("chat", "completion", "embedding")),
+    _cloud("azure-openai", ("chat", "completion", "embedding"), options="openai_compatible.options:AzureOptions"),
+    _cloud("gemini", ("chat", "embedding")),
+    _cloud("deepseek", ("chat",)),
+    _cloud("dashscope", ("chat", "embedding")),
+    _cloud("zhipu", ("chat", "embedding")),
+    _cloud("qianfan", ("chat", "embedding")),
+    _cloud("moonshot", ("chat",)),
+    _cloud("anthropic", ("chat",),
+           options="anthropic.options:AnthropicOptions", factory="anthropic.engine:create_engine"),
 )
 
 

@@ -218,13 +218,15 @@ def _message(m: ChatMessage) -> dict[str, Any]:
 def error_message(body: bytes, secret: str | None) -> tuple[str, str | None, str | None]:
     """(message, param, code) of an upstream error body in any of the shapes servers use:
     OpenAI's ``{"error": {...}}``, ``{"error": "..."}`` (TGI), FastAPI's ``{"detail": ...}``,
-    ``{"message": ...}``, or plain text."""
+    ``{"message": ...}``, Gemini's ``[{"error": {...}}]``, or plain text."""
     message: Any = None
     param = code = None
     try:
         obj = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         obj = None
+    if isinstance(obj, list) and len(obj) == 1:  # Gemini's OpenAI endpoint wraps its error in a list
+        obj = obj[0]
     if isinstance(obj, dict):
         err = obj.get("error")
         if isinstance(err, dict):
