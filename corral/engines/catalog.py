@@ -63,11 +63,11 @@ def _load(ref: str) -> Any:
 def _cloud(name: str, serves: tuple[str, ...], options: str = "openai_compatible.options:CloudOptions",
            factory: str = "openai_compatible.cloud:create_engine") -> EngineEntry:
     """A cloud provider: an entry of ``openai_compatible/providers.py`` (or anthropic),
-    built in (httpx is a core dependency), serving what the vendor's API has."""
+    built in (aiohttp is a core dependency), serving what the vendor's API has."""
     kinds = {ModelKind.LLM} | ({ModelKind.EMBEDDING} if "embedding" in serves else set())
     return EngineEntry(
         name=name, kinds=frozenset(kinds), serves=serves, options=f"corral.engines.{options}",
-        factory=f"corral.engines.{factory}", requires=("httpx",), extra="",
+        factory=f"corral.engines.{factory}", requires=("aiohttp",), extra="",
     )
 
 
@@ -114,8 +114,8 @@ BUILTIN: tuple[EngineEntry, ...] = (
         serves=("chat", "completion", "embedding"),
         options="corral.engines.openai_compatible.options:OpenAICompatibleOptions",
         factory="corral.engines.openai_compatible.engine:create_engine",
-        requires=("httpx",),
-        extra="",  # httpx is a core dependency
+        requires=("aiohttp",),
+        extra="",  # aiohttp is a core dependency
     ),
     _cloud("openai", ("chat", "completion", "embedding")),
     _cloud("azure-openai", ("chat", "completion", "embedding"), options="openai_compatible.options:AzureOptions"),

@@ -76,3 +76,15 @@ class ResponseLines:
 
     async def aclose(self) -> None:
         self.aclose_now(complete=self.response.content.at_eof())
+
+
+def describe(exc: BaseException) -> str:
+    """A transport failure in words that do not depend on the HTTP library."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "Timeout: no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"ConnectError: {exc.strerror or 'cannot connect'}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "RemoteProtocolError: the server closed the connection"
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
 import orjson
 
 from corral.core.errors import ConfigError, CorralError, EngineError, InstanceLost, InvalidRequest, Overloaded
@@ -23,6 +22,7 @@ from corral.core.spec import ModelKind, ModelSpec
 from corral.core.types import GenerationChunk, GenerationEnd, GenerationRequest
 from corral.engines.anthropic.options import AnthropicOptions
 from corral.engines.anthropic.wire import EventTranslator, messages_body, whole_message_events
+from corral.web.pool import ResponseLines
 from corral.engines.openai_compatible.upstream import UpstreamEngine, UpstreamStream, check_base_url
 from corral.engines.openai_compatible.wire import error_message, sse
 
@@ -75,10 +75,10 @@ class AnthropicEngine(UpstreamEngine):
         resp = await self._post_stream(f"{self._base}/v1/messages", body, request)
         return UpstreamStream(self, resp, self._translate(resp))
 
-    async def _translate(self, resp: httpx.Response) -> AsyncGenerator[GenerationChunk | GenerationEnd, None]:
+    async def _translate(self, resp: ResponseLines) -> AsyncGenerator[GenerationChunk | GenerationEnd, None]:
         translator = EventTranslator()
-        if resp.headers.get("content-type", "").startswith("application/json"):
-            events: AsyncGenerator[Any, None] = _replay(whole_message_events(orjson.loads(await resp.aread())))
+        if resp.response.headers.get("content-type", "").startswith("application/json"):
+            events: AsyncGenerator[Any, None] = _replay(whole_message_events(orjson.loads(await resp.response.read())))
         else:
             events = sse(resp)
         async with contextlib.aclosing(events):
@@ -87,11 +87,11 @@ class AnthropicEngine(UpstreamEngine):
                     continue
                 if event.get("type") == "error" or event.get("error") is not None:
                     raise self._stream_error(event)
+                if translator.stopped:
+                    continue  # to the end of the body, so the connection goes back to the pool
                 chunk = translator.feed(event)
                 if chunk is not None:
                     yield chunk
-                if translator.stopped:
-                    break
         if translator.finish is None:
             raise InstanceLost(f"Anthropic at {self.url} ended the stream before the message did")
         yield GenerationEnd(translator.usage())

@@ -18,7 +18,6 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
 import orjson
 
 from corral.core.errors import ConfigError, CorralError, EngineError, InstanceLost, InvalidRequest
@@ -34,6 +33,7 @@ from corral.core.types import (
 )
 from corral.engines.openai_compatible.options import ConnectionOptions, OpenAICompatibleOptions
 from corral.engines.openai_compatible.providers import GENERIC, Provider
+from corral.web.pool import ResponseLines, TransportError
 from corral.engines.openai_compatible.upstream import UpstreamEngine, UpstreamStream, check_base_url
 from corral.engines.openai_compatible.wire import (
     DONE,
@@ -144,15 +144,16 @@ class _Embedding:
         self._in_flight += 1
         try:
             try:
-                resp = await http.post(url, content=orjson.dumps(body), headers=headers)
-            except (httpx.RequestError, OSError) as exc:
+                async with http.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False) as resp:
+                    status, resp_headers, content = resp.status, resp.headers, await resp.read()
+            except TransportError as exc:
                 raise self._unreachable("POST", url, exc) from None
         finally:
             self._in_flight -= 1
-        if not 200 <= resp.status_code < 300:
-            raise self._http_error(resp, resp.content, "POST", url)
+        if not 200 <= status < 300:
+            raise self._http_error(status, resp_headers, content, "POST", url)
         try:
-            data = orjson.loads(resp.content)
+            data = orjson.loads(content)
             items = sorted(data["data"], key=lambda d: d.get("index", 0))
             vectors = [vector(d["embedding"]) for d in items]
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -183,7 +184,7 @@ class OpenAICompatibleChatAndEmbeddings(_Generation, _Embedding, OpenAICompatibl
 
 
 async def _translate(
-    engine: OpenAICompatibleEngine, request: GenerationRequest, resp: httpx.Response, chat: bool
+    engine: OpenAICompatibleEngine, request: GenerationRequest, resp: ResponseLines, chat: bool
 ) -> AsyncGenerator[GenerationChunk | GenerationEnd, None]:
     """The upstream's chunks as deltas per choice, then usage. Transport failures are
     the ``UpstreamStream``'s to map."""
@@ -195,15 +196,17 @@ async def _translate(
     if request.echo and request.prompt is not None:  # emulated: few servers echo in a stream
         for i in range(n):
             yield GenerationChunk(i, request.prompt)
-    if resp.headers.get("content-type", "").startswith("application/json"):
-        events: AsyncGenerator[Any, None] = whole_body(await resp.aread())  # the upstream ignored stream: true
+    if resp.response.headers.get("content-type", "").startswith("application/json"):
+        events: AsyncGenerator[Any, None] = whole_body(await resp.response.read())  # the upstream ignored stream: true
     else:
         events = sse(resp)
     async with contextlib.aclosing(events):
         async for obj in events:
             if obj is DONE:
+                # read on to the end of the body (servers end it right after): a
+                # connection left mid-body could not go back to the pool
                 done = True
-                break
+                continue
             if not isinstance(obj, dict):
                 continue
             if obj.get("error") is not None or obj.get("object") == "error":

@@ -18,16 +18,17 @@ are left out of authentication errors, as some servers echo the key they refused
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
 import stat
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 import orjson
 
 from corral.core.errors import (
@@ -44,6 +45,7 @@ from corral.core.spec import ModelSpec
 from corral.core.types import EngineLoad, GenerationChunk, GenerationEnd, GenerationRequest
 from corral.engines.openai_compatible.options import ConnectionOptions
 from corral.engines.openai_compatible.wire import error_message, retry_after
+from corral.web.pool import PoolSettings, ResponseLines, TransportError, describe, make_session
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,16 @@ def display_url(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without user:password, and those as a Basic authorization value."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode("ascii")
+    basic = f"Basic {token}"
+    return display_url(url), basic
 
 
 def check_base_url(model: str, engine: str, url: str, what: str) -> str:
@@ -141,7 +153,7 @@ class UpstreamEngine:
         self._default_key_env = default_key_env
         self._model_hint = model_hint  # where the upstream model is configured, for a 404
         self._key_hint = key_hint(options, default_key_env)
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._secret: str | None = None
         self._in_flight = 0
         self._completed = 0
@@ -164,53 +176,51 @@ class UpstreamEngine:
     async def start(self) -> None:
         self._secret = resolve_key(self._spec.name, self._opts, self._default_key_env)
         headers = {**self._opts.extra_headers, **self._auth_headers(self._secret)}
-        timeout = self._opts.timeout_s
-        http = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(connect=self._opts.connect_timeout_s, read=timeout, write=timeout, pool=timeout),
-            limits=httpx.Limits(
-                max_connections=self._opts.max_connections,
-                max_keepalive_connections=self._opts.max_connections,
-                keepalive_expiry=30,
-            ),
+        self._base, basic = split_credentials(self._base)
+        if basic is not None and not any(k.lower() == "authorization" for k in headers):
+            headers["authorization"] = basic  # user:password in the URL, as curl would send it
+        settings = PoolSettings(
+            connect_timeout_s=self._opts.connect_timeout_s, read_timeout_s=self._opts.timeout_s,
+            max_connections=self._opts.max_connections,
         )
+        http = make_session(settings, headers)
         try:
             if self._opts.verify_on_start:
                 await self._verify(http)
         except BaseException:
-            await http.aclose()
+            await http.close()
             raise
         self._http = http
         log.info("model %s attached to %s (upstream model %r)", self._spec.name, self.url, self.upstream_model)
 
-    async def _verify(self, http: httpx.AsyncClient) -> None:
+    async def _verify(self, http: aiohttp.ClientSession) -> None:
         """GET the models list: proves the upstream is reachable and takes the key."""
         url = self._models_url()
         shown = display_url(url)
         try:
-            resp = await http.get(url, timeout=min(self._opts.timeout_s, _VERIFY_TIMEOUT))
-        except (httpx.RequestError, OSError) as exc:
+            timeout = aiohttp.ClientTimeout(total=min(self._opts.timeout_s, _VERIFY_TIMEOUT))
+            async with http.get(url, timeout=timeout, allow_redirects=False) as resp:
+                status, content = resp.status, await resp.read()
+        except TransportError as exc:
             raise Unreachable(
                 f"model {self._spec.name!r}: {self._vendor} at {shown} is unreachable "
-                f"({type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}); is it running?"
+                f"({self._scrub(describe(exc))}); is it running?"
             ) from None
-        if resp.status_code in (401, 403):
-            raise self._auth_error(resp.status_code, "GET", url)
-        if resp.status_code in (404, 405):
+        if status in (401, 403):
+            raise self._auth_error(status, "GET", url)
+        if status in (404, 405):
             hint = "" if self._base.endswith("/v1") else " (does the base URL need to end with /v1?)"
-            log.warning(
-                "%s at %s answered HTTP %d to GET its models list%s", self._vendor, shown, resp.status_code, hint
-            )
+            log.warning("%s at %s answered HTTP %d to GET its models list%s", self._vendor, shown, status, hint)
             return
-        if resp.status_code >= 300:
+        if status >= 300:
             raise Unreachable(
-                f"model {self._spec.name!r}: {self._vendor} at {shown} answered HTTP {resp.status_code}: "
-                f"{error_message(resp.content, self._secret)[0]}"
+                f"model {self._spec.name!r}: {self._vendor} at {shown} answered HTTP {status}: "
+                f"{error_message(content, self._secret)[0]}"
             )
         if not self._lists_models():
             return
         try:
-            listed = [str(m.get("id")) for m in orjson.loads(resp.content).get("data") or ()]
+            listed = [str(m.get("id")) for m in orjson.loads(content).get("data") or ()]
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             log.warning("%s at %s answered GET %s with something else than a model list", self._vendor, shown, url)
             return
@@ -223,44 +233,43 @@ class UpstreamEngine:
     async def stop(self) -> None:
         http, self._http = self._http, None
         if http is not None:
-            await http.aclose()
+            await http.close()
 
     def load(self) -> EngineLoad:
         return EngineLoad(in_flight=self._in_flight, cancelled_total=self._cancelled, completed_total=self._completed)
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             raise Unavailable(f"model {self._spec.name!r} is not serving")
         return self._http
 
     # -- requests --------------------------------------------------------------------
 
-    async def _post_stream(self, url: str, body: dict[str, Any], request: GenerationRequest) -> httpx.Response:
+    async def _post_stream(self, url: str, body: dict[str, Any], request: GenerationRequest) -> ResponseLines:
         """POST ``body`` and return the started response (2xx); counts the request in
         flight until the stream wrapping the response settles."""
         http = self._client()
         headers = {**STREAM_HEADERS, "x-request-id": request.request_id}
         if request.traceparent:
             headers["traceparent"] = request.traceparent
-        req = http.build_request("POST", url, content=orjson.dumps(body), headers=headers)
         self._in_flight += 1
         try:
             try:
-                resp = await http.send(req, stream=True)
-            except (httpx.RequestError, OSError) as exc:
+                resp = await http.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False)
+            except TransportError as exc:
                 raise self._unreachable("POST", url, exc) from None
-            if not 200 <= resp.status_code < 300:
+            if not 200 <= resp.status < 300:
                 try:
-                    content = await resp.aread()
-                except (httpx.RequestError, OSError):
+                    content = await resp.read()
+                except TransportError:
                     content = b""
                 finally:
-                    await resp.aclose()
-                raise self._http_error(resp, content, "POST", url)
+                    resp.release()
+                raise self._http_error(resp.status, resp.headers, content, "POST", url)
         except BaseException:
             self._in_flight -= 1
             raise
-        return resp
+        return ResponseLines(resp)
 
     # -- errors ----------------------------------------------------------------------
 
@@ -268,11 +277,7 @@ class UpstreamEngine:
         return text.replace(self._secret, "***") if self._secret else text
 
     def _unreachable(self, method: str, url: str, exc: BaseException) -> Unreachable:
-        detail = self._scrub(str(exc))
-        return Unreachable(
-            f"{self._vendor} at {display_url(url)} did not answer {method} "
-            f"({type(exc).__name__}{': ' + detail if detail else ''})"
-        )
+        return Unreachable(f"{self._vendor} at {display_url(url)} did not answer {method} ({self._scrub(describe(exc))})")
 
     def _auth_error(self, status: int, method: str, url: str) -> EngineError:
         err = EngineError(
@@ -283,8 +288,7 @@ class UpstreamEngine:
         err.status = 502
         return err
 
-    def _http_error(self, resp: httpx.Response, body: bytes, method: str, url: str) -> CorralError:
-        status = resp.status_code
+    def _http_error(self, status: int, headers: Mapping[str, str], body: bytes, method: str, url: str) -> CorralError:
         shown = display_url(url)
         message, param, code = error_message(body, self._secret)
         if status in (401, 403):
@@ -298,7 +302,7 @@ class UpstreamEngine:
             )
         if status in OVERLOADED:
             return Overloaded(
-                f"{self._vendor} at {shown} is at capacity (HTTP {status}): {message}", retry_after=retry_after(resp)
+                f"{self._vendor} at {shown} is at capacity (HTTP {status}): {message}", retry_after=retry_after(headers)
             )
         if status == 408 or status >= 500:
             return Unreachable(f"{self._vendor} at {shown} answered HTTP {status}: {message}")
@@ -317,7 +321,7 @@ class UpstreamStream:
     which HTTP APIs take as "client gone" and abort the generation."""
 
     def __init__(
-        self, engine: UpstreamEngine, resp: httpx.Response, items: AsyncGenerator[GenerationChunk | GenerationEnd, None]
+        self, engine: UpstreamEngine, resp: ResponseLines, items: AsyncGenerator[GenerationChunk | GenerationEnd, None]
     ) -> None:
         self._engine = engine
         self._resp = resp
@@ -358,7 +362,7 @@ class UpstreamStream:
                 async with contextlib.aclosing(self._items) as items:
                     async for item in items:
                         yield item
-            except (httpx.RequestError, httpx.StreamError, OSError) as exc:
+            except TransportError as exc:
                 raise InstanceLost(f"lost {engine._vendor} at {engine.url} mid-stream ({type(exc).__name__})") from None
             except orjson.JSONDecodeError:
                 raise InstanceLost(f"{engine._vendor} at {engine.url} sent an event that is not JSON") from None

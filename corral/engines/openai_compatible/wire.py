@@ -9,10 +9,9 @@ import email.utils
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from corral.core.errors import (
@@ -48,29 +47,31 @@ FINISH = {
 DONE = object()  # the ``data: [DONE]`` sentinel
 
 
-async def sse(resp: httpx.Response) -> AsyncGenerator[Any, None]:
-    """Parsed ``data:`` payloads of a server-sent event stream, ``DONE`` for ``[DONE]``.
+async def sse(lines: AsyncIterator[bytes]) -> AsyncGenerator[Any, None]:
+    """Parsed ``data:`` payloads of a server-sent event stream (its lines, without line
+    endings), ``DONE`` for ``[DONE]``.
 
     Each ``data:`` line is parsed at once (servers put one JSON document per line, and
     some omit the blank line between events); only a line that is not JSON by itself is
     joined with the following ``data:`` lines of its event, as the SSE format allows.
-    An ``event: error`` marks its data as an error object.
+    An ``event: error`` marks its data as an error object. Bytes throughout: orjson
+    parses them without a decode step.
     """
-    pending: list[str] = []
+    pending: list[bytes] = []
     event = ""
-    async for line in resp.aiter_lines():
+    async for line in lines:
         if not line:
             if pending:
-                yield parse_event("\n".join(pending), event)
+                yield parse_event(b"\n".join(pending), event)
                 pending = []
             event = ""
             continue
-        if line.startswith("data:"):
-            data = line[6:] if line.startswith("data: ") else line[5:]
+        if line.startswith(b"data:"):
+            data = line[6:] if line.startswith(b"data: ") else line[5:]
             if pending:
                 pending.append(data)
                 continue
-            if data == "[DONE]":
+            if data == b"[DONE]":
                 yield DONE
                 continue
             try:
@@ -79,15 +80,15 @@ async def sse(resp: httpx.Response) -> AsyncGenerator[Any, None]:
                 pending.append(data)
                 continue
             yield mark(obj, event)
-        elif line.startswith("event:"):
-            event = line[6:].strip()
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
         # ":" comments (keep-alives), id: and retry: carry nothing for us
     if pending:
-        yield parse_event("\n".join(pending), event)
+        yield parse_event(b"\n".join(pending), event)
 
 
-def parse_event(data: str, event: str) -> Any:
-    if data == "[DONE]":
+def parse_event(data: bytes, event: str) -> Any:
+    if data == b"[DONE]":
         return DONE
     return mark(orjson.loads(data), event)
 
@@ -256,9 +257,9 @@ def error_message(body: bytes, secret: str | None) -> tuple[str, str | None, str
     return message, param if isinstance(param, str) else None, code if isinstance(code, str) else None
 
 
-def retry_after(resp: httpx.Response) -> float:
-    """Seconds from ``retry-after-ms`` (OpenAI) or ``retry-after`` (seconds or an HTTP date)."""
-    headers = resp.headers
+def retry_after(headers: Mapping[str, str]) -> float:
+    """Seconds from ``retry-after-ms`` (OpenAI) or ``retry-after`` (seconds or an HTTP date);
+    ``headers`` must look names up case-insensitively (as aiohttp's do)."""
     try:
         if "retry-after-ms" in headers:
             return max(0.0, float(headers["retry-after-ms"]) / 1000)

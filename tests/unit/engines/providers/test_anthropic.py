@@ -233,7 +233,7 @@ async def test_read_timeout_is_unreachable(fake: FakeAnthropic) -> None:
     eng = make(fake, "hang", timeout_s=0.3, verify_on_start=False)
     await eng.start()
     try:
-        with pytest.raises(Unreachable, match="ReadTimeout"):
+        with pytest.raises(Unreachable, match="Timeout"):
             await eng.generate(req())
     finally:
         await eng.stop()
