@@ -14,8 +14,10 @@ is dropped, which the server on the other side sees as a disconnect.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -28,6 +30,17 @@ class PoolSettings:
     read_timeout_s: float | None = None  # longest silence while reading; None: unbounded
     max_connections: int = 2048
     keepalive_s: float = 30.0
+    proxy: str | None = None  # see env_proxy
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / NO_PROXY name for ``url``, resolved once per
+    engine: aiohttp's ``trust_env`` would look again (and read ~/.netrc in a thread)
+    on every request."""
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def make_session(settings: PoolSettings, headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
@@ -39,10 +52,9 @@ def make_session(settings: PoolSettings, headers: Mapping[str, str] | None = Non
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
     )
-    # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as operators of cloud upstreams expect
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, headers=dict(headers or {}), trust_env=True,
-        auto_decompress=True, skip_auto_headers=("user-agent",),
+        connector=connector, timeout=timeout, headers=dict(headers or {}), trust_env=False,
+        auto_decompress=True, skip_auto_headers=("user-agent",), proxy=settings.proxy,
     )
 
 

@@ -45,7 +45,7 @@ from corral.core.spec import ModelSpec
 from corral.core.types import EngineLoad, GenerationChunk, GenerationEnd, GenerationRequest
 from corral.engines.openai_compatible.options import ConnectionOptions
 from corral.engines.openai_compatible.wire import error_message, retry_after
-from corral.web.pool import PoolSettings, ResponseLines, TransportError, describe, make_session
+from corral.web.pool import PoolSettings, ResponseLines, TransportError, describe, env_proxy, make_session
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class UpstreamEngine:
             headers["authorization"] = basic  # user:password in the URL, as curl would send it
         settings = PoolSettings(
             connect_timeout_s=self._opts.connect_timeout_s, read_timeout_s=self._opts.timeout_s,
-            max_connections=self._opts.max_connections,
+            max_connections=self._opts.max_connections, proxy=env_proxy(self._base),
         )
         http = make_session(settings, headers)
         try:
