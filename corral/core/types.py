@@ -86,6 +86,9 @@ class GenerationRequest:
     user: str | None = None  # the API's ``user`` field: a session-affinity key
     session: str | None = None  # the ``x-session-id`` header: a session-affinity key
     traceparent: str | None = None  # W3C trace context to continue on the worker
+    # False when the client wants only the whole answer: an engine may then produce it
+    # in one piece (an upstream asked for one JSON body, a worker answering in one write)
+    stream: bool = True
     # Structured output, passed through to engines that declare the capability
     # (``corral.core.engine.ToolCalling`` / ``StructuredOutput``); the router refuses
     # the request for models whose engine does not.

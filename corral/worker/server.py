@@ -33,6 +33,7 @@ from corral.core.types import GenerationEnd
 from corral.observe import tracing
 from corral.observe.metrics import WorkerMetrics, metrics_route
 from corral.web.body import read_body
+from corral.web.disconnect import unless_client_leaves
 from corral.web.streaming import ClosingStreamingResponse
 from corral.web.responses import json_response
 from corral.web.middleware import ApiKeys, RequestId
@@ -66,6 +67,14 @@ def create_worker_app(
             stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
         trace = WorkerTrace(req.traceparent, instance, received, started) if req.traceparent else None
         aclose = getattr(stream, "aclose", None)
+        if not req.stream:
+            # the gateway's client wants the whole answer: the same lines, in one write
+            try:
+                body = await unless_client_leaves(request, _joined(_lines(worker, instance, stream, trace)))
+            finally:
+                if aclose is not None:  # even if the gateway left before the lines started
+                    await aclose()
+            return Response(body, media_type="application/x-ndjson")
         return ClosingStreamingResponse(
             _lines(worker, instance, stream, trace), on_close=aclose or _nothing, media_type="application/x-ndjson"
         )
@@ -191,6 +200,10 @@ async def _lines(worker: Worker, instance: Instance, stream: Any, trace: WorkerT
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def _joined(lines: AsyncIterator[bytes]) -> bytes:
+    return b"".join([line async for line in lines])
 
 
 async def _nothing() -> None:

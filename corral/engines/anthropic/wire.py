@@ -37,7 +37,7 @@ def _refused(message: str, param: str) -> InvalidRequest:
 
 
 def messages_body(model: str, request: GenerationRequest, default_max_tokens: int) -> dict[str, Any]:
-    """The ``POST /v1/messages`` body (always streamed)."""
+    """The ``POST /v1/messages`` body (streamed when the client streams)."""
     if request.messages is None:
         raise _refused("Anthropic's Messages API has no text completion; use /v1/chat/completions", "prompt")
     s = request.sampling
@@ -69,7 +69,7 @@ def messages_body(model: str, request: GenerationRequest, default_max_tokens: in
             body["tool_choice"] = choice
     if request.user:
         body["metadata"] = {"user_id": request.user}
-    body["stream"] = True
+    body["stream"] = request.stream  # not streamed: one Message, replayed as its events
     return body
 
 

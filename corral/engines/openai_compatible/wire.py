@@ -196,8 +196,11 @@ def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
         body["frequency_penalty"] = s.frequency_penalty
     if s.ignore_eos:
         body["ignore_eos"] = True
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    if request.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    else:  # one JSON body: a fraction of the bytes, reads and parsing of a stream
+        body["stream"] = False
     return body
 
 

@@ -71,6 +71,7 @@ def chat(req: ChatCompletionRequest, request_id: str, session: str | None = None
         messages=tuple(_message(i, m) for i, m in enumerate(req.messages)),
         user=req.user,
         session=session,
+        stream=req.stream,
         tools=tuple(t.model_dump(exclude_unset=True) for t in req.tools or ()),
         tool_choice=_dump(req.tool_choice),
         parallel_tool_calls=req.parallel_tool_calls,
@@ -102,6 +103,7 @@ def completions(req: CompletionRequest, request_id: str, session: str | None = N
             echo=req.echo,
             user=req.user,
             session=session,
+            stream=req.stream,
         )
         for i, prompt in enumerate(prompts)
     ]

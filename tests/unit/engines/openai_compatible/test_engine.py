@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -444,3 +445,14 @@ async def test_credentials_in_the_source_url_stay_out_of_messages() -> None:
     with pytest.raises(Unreachable) as info:
         await eng.start()
     assert f"http://127.0.0.1:{port}/v1/models" in info.value.message and "hunter2" not in info.value.message
+
+
+async def test_a_client_that_does_not_stream_gets_one_upstream_body(engine: OpenAICompatibleEngine, upstream: FakeUpstream) -> None:
+    """stream=False (the client wants the whole answer): the upstream is asked for one
+    JSON body, and that body is translated like a stream of it."""
+    await with_model(engine, "json")
+    whole = dataclasses.replace(chat(n=2), stream=False)
+    choices, usage = await collect(await engine.generate(whole), 2)
+    body = upstream.seen.bodies[-1]
+    assert body["stream"] is False and "stream_options" not in body
+    assert choices == [("Hello world", "stop")] * 2 and usage.completion_tokens == 3
