@@ -29,7 +29,7 @@ test-unit: install
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/observability.py
+	$(BIN)/python -m benchmarks.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_report_command(sub)
 
+    from corral.cli.bench_args import add_bench_command
+
+    add_bench_command(sub)
+
     engines = sub.add_parser("engines", help="engines this installation knows, and how to install missing ones")
     engines.add_argument("--json", action="store_true", help="machine output")
     return parser
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli.trace import run_trace
 
         return run_trace(args)
+    if args.command == "bench":
+        from corral.cli.bench import run_bench
+
+        return run_bench(args)
     if args.command == "chat":
         from corral.cli.chat import run_chat
 

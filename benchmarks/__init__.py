@@ -1,0 +1,1 @@
+"""Corral's benchmark suite: ``make bench`` or ``python -m benchmarks.run`` (see run.py)."""
