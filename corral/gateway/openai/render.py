@@ -54,6 +54,7 @@ async def sse_stream(
     base: dict[str, Any] = {"id": id_, "object": obj, "created": created, "model": model, "system_fingerprint": None}
     if include_usage:
         base["usage"] = None
+    frames = responses.ChunkFrames(base)
     started: set[int] = set()
     try:
         async for item in stream:
@@ -70,7 +71,7 @@ async def sse_stream(
             finish = item.finish_reason.value if item.finish_reason is not None else None
             if not item.text and not first and finish is None and not item.tool_calls:
                 continue
-            yield sse({**base, "choices": [choice(item, finish, first)]})
+            yield frames.frame(choice(item, finish, first))
     except CorralError as exc:
         # headers are gone already: the client learns of the failure in the stream
         yield sse(error_event(exc))

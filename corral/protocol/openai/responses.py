@@ -151,3 +151,16 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+class ChunkFrames:
+    """SSE frames of one stream's chunks. The fields every chunk repeats (id, object,
+    created, model...) are encoded once; each frame encodes only its choice."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self._head = b"data: " + orjson.dumps(base)[:-1] + b',"choices":['
+
+    def frame(self, choice: dict[str, Any]) -> bytes:
+        return self._head + orjson.dumps(choice) + b"]}\n\n"
