@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import re
-import secrets
+import random
 from typing import Any
 
 import httpx
@@ -27,7 +27,10 @@ _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 def new_id(nbytes: int) -> str:
-    return secrets.token_hex(nbytes)
+    """A random non-zero hex id. Trace ids need uniqueness, not secrecy: the process's
+    PRNG (reseeded by Python in a forked child) spares a getrandom call per id."""
+    value = random.getrandbits(nbytes * 8) or 1
+    return f"{value:0{nbytes * 2}x}"
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:

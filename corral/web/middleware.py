@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import uuid
+import random
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ class RequestId:
                 rid = value.decode("latin-1")
                 break
         if not _SAFE_ID.match(rid):
-            rid = uuid.uuid4().hex
+            rid = f"{random.getrandbits(128):032x}"  # unique, not secret: no getrandom call
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())
 

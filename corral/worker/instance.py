@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +39,11 @@ class Instance:
     managed: bool = False
     load_seconds: float | None = None  # how long the engine took to start
 
+    @functools.cached_property
+    def capabilities(self) -> frozenset[str]:
+        """What the engine serves: checked on every request, computed once."""
+        return capabilities(self.engine)
+
     def set_state(self, state: InstanceState, error: str | None = None) -> None:
         self.state = state
         self.last_error = error
@@ -51,7 +57,7 @@ class Instance:
             worker_id=self.worker_id,
             state=self.state,
             address=address,
-            capabilities=capabilities(self.engine) if self.state is InstanceState.READY else frozenset(),
+            capabilities=self.capabilities if self.state is InstanceState.READY else frozenset(),
             started_at=self.started_at,
             last_error=self.last_error,
             routing=self.spec.routing,

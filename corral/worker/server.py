@@ -24,7 +24,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.cluster import wire
-from corral.core.engine import Embedding, Rerank, TextGeneration
 from corral.core.errors import CorralError, EngineError, EngineNotInstalled, InvalidRequest, Unavailable
 from corral.core.state import spec_from_json
 from corral.engines.catalog import get_entry
@@ -50,17 +49,17 @@ def create_worker_app(
     token: str | None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
-    def instance_for(request: Request, capability: type) -> Instance:
+    def instance_for(request: Request, capability: str) -> Instance:
         instance = worker.get(request.path_params["instance_id"])
         if instance is None or instance.state is not InstanceState.READY:
             raise Unavailable(f"instance {request.path_params['instance_id']} is not serving on this worker")
-        if not isinstance(instance.engine, capability):
+        if capability not in instance.capabilities:
             raise InvalidRequest(f"instance {instance.instance_id} cannot serve this request", param="model")
         return instance
 
     async def generate(request: Request) -> Response:
         received = time.time()
-        instance = instance_for(request, TextGeneration)
+        instance = instance_for(request, "chat")
         req = wire.decode_generation(await read_body(request, MAX_INTERNAL_BODY))
         started = time.time()
         with worker.track(instance):
@@ -80,14 +79,14 @@ def create_worker_app(
         )
 
     async def embed(request: Request) -> Response:
-        instance = instance_for(request, Embedding)
+        instance = instance_for(request, "embedding")
         req = wire.decode_embedding(await read_body(request, MAX_INTERNAL_BODY))
         with worker.track(instance):
             result = await instance.engine.embed(req)  # type: ignore[attr-defined]
         return json_response(200, {"v": result.vectors, "u": [result.usage.prompt_tokens, 0]})
 
     async def rerank(request: Request) -> Response:
-        instance = instance_for(request, Rerank)
+        instance = instance_for(request, "rerank")
         req = wire.decode_rerank(await read_body(request, MAX_INTERNAL_BODY))
         with worker.track(instance):
             result = await instance.engine.rerank(req)  # type: ignore[attr-defined]
