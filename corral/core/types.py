@@ -7,6 +7,7 @@ engine change.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 from enum import Enum
@@ -97,8 +98,16 @@ class GenerationRequest:
     parallel_tool_calls: bool | None = None
     response_format: JSONObject | None = None  # json_object or json_schema; None for text
 
+    @functools.cached_property
+    def _features(self) -> frozenset[str]:
+        return self._find_features()
+
     def features(self) -> frozenset[str]:
-        """Engine capabilities this request needs beyond plain generation."""
+        """Engine capabilities this request needs beyond plain generation (computed once:
+        the router asks on every attempt)."""
+        return self._features
+
+    def _find_features(self) -> frozenset[str]:
         needs = set()
         if self.tools or any(m.tool_calls or m.role == "tool" for m in self.messages or ()):
             needs.add(TOOLS)

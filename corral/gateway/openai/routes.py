@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -87,7 +86,7 @@ class OpenAIRoutes:
         rid = request.scope["state"]["request_id"]
         async with self._track(request, "chat") as event:
             req = await self._parse(request, ChatCompletionRequest)
-            gen = _traced(translate.chat(req, rid, request.headers.get("x-session-id")), event)
+            gen = translate.chat(req, rid, request.headers.get("x-session-id"), _traceparent(event))
             self._describe(event, gen, req.stream)
             id_ = f"chatcmpl-{rid}"
             if req.stream:
@@ -100,7 +99,7 @@ class OpenAIRoutes:
         rid = request.scope["state"]["request_id"]
         async with self._track(request, "completion") as event:
             req = await self._parse(request, CompletionRequest)
-            gens = [_traced(g, event) for g in translate.completions(req, rid, request.headers.get("x-session-id"))]
+            gens = translate.completions(req, rid, request.headers.get("x-session-id"), _traceparent(event))
             self._describe(event, gens[0], req.stream)
             id_ = f"cmpl-{rid}"
             if len(gens) > 1:
@@ -193,9 +192,10 @@ async def _whole_merged(merged: Merged, n: int) -> tuple[Choices, Usage]:
         await merged.close()
 
 
-def _traced(gen: GenerationRequest, event: RequestEvent) -> GenerationRequest:
+def _traceparent(event: RequestEvent) -> str:
+    """The context the engine's side continues: this request's trace, its gateway span."""
     assert event.trace_id is not None and event.span_id is not None
-    return dataclasses.replace(gen, traceparent=tracing.traceparent(event.trace_id, event.span_id))
+    return tracing.traceparent(event.trace_id, event.span_id)
 
 
 def _whole(build: Builder, id_: str, model: str, choices: Choices, usage: Usage, served_by: str) -> Response:

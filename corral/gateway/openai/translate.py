@@ -60,7 +60,9 @@ def _message(i: int, msg: ChatMessageIn) -> ChatMessage:
     return ChatMessage(role=role, content=content, name=msg.name, tool_calls=calls, tool_call_id=msg.tool_call_id)
 
 
-def chat(req: ChatCompletionRequest, request_id: str, session: str | None = None) -> GenerationRequest:
+def chat(
+    req: ChatCompletionRequest, request_id: str, session: str | None = None, traceparent: str | None = None
+) -> GenerationRequest:
     if req.logprobs:
         raise _refuse("logprobs", "logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -71,6 +73,7 @@ def chat(req: ChatCompletionRequest, request_id: str, session: str | None = None
         messages=tuple(_message(i, m) for i, m in enumerate(req.messages)),
         user=req.user,
         session=session,
+        traceparent=traceparent,
         stream=req.stream,
         tools=tuple(t.model_dump(exclude_unset=True) for t in req.tools or ()),
         tool_choice=_dump(req.tool_choice),
@@ -85,7 +88,9 @@ def _dump(value: str | BaseModel | None) -> str | dict[str, Any] | None:
     return value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
 
 
-def completions(req: CompletionRequest, request_id: str, session: str | None = None) -> list[GenerationRequest]:
+def completions(
+    req: CompletionRequest, request_id: str, session: str | None = None, traceparent: str | None = None
+) -> list[GenerationRequest]:
     if req.logprobs is not None:
         raise _refuse("logprobs", "logprobs")
     if req.suffix:
@@ -103,6 +108,7 @@ def completions(req: CompletionRequest, request_id: str, session: str | None = N
             echo=req.echo,
             user=req.user,
             session=session,
+            traceparent=traceparent,
             stream=req.stream,
         )
         for i, prompt in enumerate(prompts)
