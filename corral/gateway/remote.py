@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from corral.cluster import wire
-from corral.web.pool import ResponseLines, TransportError
+from corral.web.pool import Refused, ResponseLines, TransportError, open_stream
 from corral.core.errors import CorralError, InstanceLost, Unreachable
 from corral.core.types import (
     EmbeddingRequest,
@@ -50,18 +50,12 @@ class RemoteInstance:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         try:
-            resp = await self._session.post(f"{self._base}/generate", data=wire.encode_generation(request), headers=_JSON)
+            lines = await open_stream(self._session, f"{self._base}/generate", wire.encode_generation(request), _JSON)
         except TransportError as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
-        if resp.status != 200:
-            try:
-                body = await resp.read()
-            except TransportError:
-                body = b""
-            finally:
-                resp.release()
-            raise _error(resp.status, body)
-        return _Items(ResponseLines(resp), self.address)
+        except Refused as refused:
+            raise _error(refused.status, refused.body) from None
+        return _Items(lines, self.address)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         data = await self._unary("embed", wire.encode_embedding(request))

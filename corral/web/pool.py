@@ -106,6 +106,31 @@ class ResponseLines:
         self.aclose_now(complete=self.response.content.at_eof())
 
 
+class Refused(Exception):
+    """A non-2xx answer to ``open_stream``; the caller maps it to a Corral error."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+async def open_stream(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str]) -> ResponseLines:
+    """POST ``data``; the body's lines once a 2xx answer starts, else ``Refused`` (with
+    what the server said). Transport failures raise ``TransportError`` types."""
+    resp = await session.post(url, data=data, headers=headers, allow_redirects=False)
+    if not 200 <= resp.status < 300:
+        try:
+            body = await resp.read()
+        except TransportError:
+            body = b""
+        finally:
+            resp.release()
+        raise Refused(resp.status, resp.headers, body)
+    return ResponseLines(resp)
+
+
 def describe(exc: BaseException) -> str:
     """A transport failure in words that do not depend on the HTTP library."""
     if isinstance(exc, asyncio.TimeoutError):

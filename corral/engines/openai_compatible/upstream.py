@@ -45,7 +45,16 @@ from corral.core.spec import ModelSpec
 from corral.core.types import EngineLoad, GenerationChunk, GenerationEnd, GenerationRequest
 from corral.engines.openai_compatible.options import ConnectionOptions
 from corral.engines.openai_compatible.wire import error_message, retry_after
-from corral.web.pool import PoolSettings, ResponseLines, TransportError, describe, env_proxy, make_session
+from corral.web.pool import (
+    PoolSettings,
+    Refused,
+    ResponseLines,
+    TransportError,
+    describe,
+    env_proxy,
+    make_session,
+    open_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,22 +263,16 @@ class UpstreamEngine:
             headers["traceparent"] = request.traceparent
         self._in_flight += 1
         try:
-            try:
-                resp = await http.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False)
-            except TransportError as exc:
-                raise self._unreachable("POST", url, exc) from None
-            if not 200 <= resp.status < 300:
-                try:
-                    content = await resp.read()
-                except TransportError:
-                    content = b""
-                finally:
-                    resp.release()
-                raise self._http_error(resp.status, resp.headers, content, "POST", url)
+            return await open_stream(http, url, orjson.dumps(body), headers)
+        except TransportError as exc:
+            self._in_flight -= 1
+            raise self._unreachable("POST", url, exc) from None
+        except Refused as refused:
+            self._in_flight -= 1
+            raise self._http_error(refused.status, refused.headers, refused.body, "POST", url) from None
         except BaseException:
             self._in_flight -= 1
             raise
-        return ResponseLines(resp)
 
     # -- errors ----------------------------------------------------------------------
 
