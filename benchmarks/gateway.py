@@ -200,8 +200,8 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
         f"load generator ceiling (direct, non-stream c=64): {direct:,.0f} req/s, "
         f"{direct / bare if bare else 0:.1f}x the bare proxy; streams c=64: "
         f"{med('direct', True, 64, 'rps') or 0:,.0f}/s.",
-        f"non-streamed requests ask for {NONSTREAM_TOKENS} tokens; the openai-compatible engine always streams from "
-        f"its upstream, so each is {NONSTREAM_TOKENS} upstream events for Corral and one JSON body for the bare proxy.",
+        f"non-streamed requests ask for {NONSTREAM_TOKENS} tokens, as one JSON body from the upstream for Corral and "
+        "the bare proxy alike (Corral asks its upstream not to stream when its client does not).",
         "the upstream yields to its event loop between stream events, as a server does between tokens.",
     ]
     for t in targets:  # failures make every number of a target suspect: say what they were

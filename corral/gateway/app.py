@@ -48,8 +48,9 @@ def create_gateway_app(
         ok, detail = readiness()
         return json_response(200 if ok else 503, {"status": "ready" if ok else "not_ready", **detail})
 
-    routes = [Route("/health", health, methods=["GET"]), Route("/health/ready", ready, methods=["GET"])]
-    routes += openai.routes() + (extra_routes or [])
+    routes = openai.routes()  # first: the router tries routes in order
+    routes += [Route("/health", health, methods=["GET"]), Route("/health/ready", ready, methods=["GET"])]
+    routes += extra_routes or []
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestId), Middleware(ApiKeys, keys=server.api_keys), *(extra_middleware or [])],

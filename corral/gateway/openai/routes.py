@@ -49,13 +49,14 @@ class OpenAIRoutes:
         self._tracker = tracker
 
     def routes(self) -> list[Route]:
+        # the router tries routes in order: the ones every request takes come first
         return [
-            Route("/v1/models", self.list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/rerank", self.rerank, methods=["POST"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
         ]
 
     async def _parse(self, request: Request, model: type[M]) -> M:
