@@ -149,7 +149,11 @@ def run_gateway(args: argparse.Namespace) -> int:
             records=args.records, capture_text=args.capture_text,
         )
         routing = RouterSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout)
-        service = GatewayService(registry_from_url(_registry_url(args), token), server, token, routing)
+        if args.worker_timeout <= 5.0:
+            raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
+        service = GatewayService(
+            registry_from_url(_registry_url(args), token), server, token, routing, worker_timeout_s=args.worker_timeout
+        )
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)

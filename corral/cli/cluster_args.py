@@ -42,6 +42,10 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     g.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="require this bearer key on /v1")
     g.add_argument("--queue-limit", type=int, default=256, help="requests waiting per model when instances are full")
     g.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait for an instance")
+    g.add_argument(
+        "--worker-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="longest silence on a stream from a worker before the request fails over (workers ping every 5 s)",
+    )
     g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413")
     g.add_argument("--records", metavar="URL", help="request records store (default: sqlite in the cache folder)")
     g.add_argument("--capture-text", action="store_true", help="keep prompt and completion text in the records")

@@ -6,7 +6,9 @@ embed, in compact JSON.
   (with ``"c": [[index, id, name, arguments], ...]`` when the delta carries tool calls),
   then ``{"u": [prompt_tokens, completion_tokens], "s": [spans]}`` (spans only when the
   request carried a trace context); a failure after the first byte is a
-  line ``{"error": {...}}``. Deltas only, never cumulative text.
+  line ``{"error": {...}}``. Deltas only, never cumulative text. A blank line is a
+  keep-alive the worker sends while the engine is silent; readers skip it. A request
+  with ``"stream": false`` gets the same lines in one write.
 - ``POST /internal/v1/instances/{id}/embed``: body = ``encode_embedding(request)``;
   200 and ``{"v": [[...], ...], "u": [prompt_tokens, 0]}``.
 - Any error before the first byte: its HTTP status and ``{"error": {message, type,

@@ -34,8 +34,11 @@ _JSON = {"content-type": "application/json"}
 
 
 class RemoteInstance:
-    def __init__(self, session: aiohttp.ClientSession, address: str, instance_id: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, address: str, instance_id: str, silence_s: float | None = None
+    ) -> None:
         self._session = session
+        self._silence_s = silence_s  # longest gap in a started stream (workers send keep-alives)
         self._base = f"{address.rstrip('/')}/internal/v1/instances/{instance_id}"
         self.address = address
 
@@ -50,12 +53,26 @@ class RemoteInstance:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]:
         try:
-            lines = await open_stream(self._session, f"{self._base}/generate", wire.encode_generation(request), _JSON)
+            lines = await open_stream(
+                self._session, f"{self._base}/generate", wire.encode_generation(request), _JSON, self._silence_s
+            )
         except TransportError as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
         except Refused as refused:
             raise _error(refused.status, refused.body) from None
-        return _Items(lines, self.address)
+        items = _Items(lines, self.address)
+        try:
+            # the worker answers at once; its engine's admission (or refusal: Overloaded,
+            # Unavailable... raised here, so the pipeline can try another instance) is the
+            # first line, keep-alives aside
+            await items.first()
+        except InstanceLost as exc:  # nothing reached the client yet: as if never reached
+            await items.aclose()
+            raise Unreachable(exc.message) from None
+        except BaseException:
+            await items.aclose()
+            raise
+        return items
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         data = await self._unary("embed", wire.encode_embedding(request))
@@ -67,6 +84,7 @@ class RemoteInstance:
 
     async def _unary(self, action: str, body: bytes) -> Any:
         try:
+            # one JSON answer, no keep-alives: no bound on silence (an embedding batch may be long)
             async with self._session.post(f"{self._base}/{action}", data=body, headers=_JSON) as resp:
                 content = await resp.read()
                 status = resp.status
@@ -81,17 +99,28 @@ class _Items:
     """The worker's NDJSON lines as generation items; closing it (started or not) ends
     the exchange, which the worker takes as the client leaving when it is not done."""
 
-    __slots__ = ("_lines", "_address", "_ended")
+    __slots__ = ("_lines", "_address", "_ended", "_first")
 
     def __init__(self, lines: ResponseLines, address: str) -> None:
         self._lines = lines
         self._address = address
         self._ended = False
+        self._first: GenerationChunk | GenerationEnd | None = None
 
     def __aiter__(self) -> _Items:
         return self
 
+    async def first(self) -> None:
+        """Read the first item now (raising the worker's refusal); iteration starts with it."""
+        self._first = await self._next()
+
     async def __anext__(self) -> GenerationChunk | GenerationEnd:
+        first, self._first = self._first, None
+        if first is not None:
+            return first
+        return await self._next()
+
+    async def _next(self) -> GenerationChunk | GenerationEnd:
         while True:
             try:
                 line = await self._lines.__anext__()

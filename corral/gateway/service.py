@@ -28,10 +28,15 @@ class GatewayService:
         server: ServerSettings,
         cluster_token: str | None,
         router_settings: RouterSettings | None = None,
+        worker_timeout_s: float = 30.0,
     ) -> None:
         self._registry = registry
         self._http = make_http_client(cluster_token)  # health probes
         self._token = cluster_token
+        # longest silence in a started generation stream from a worker: workers send a
+        # blank line every 5 s while their engine is quiet, so silence means a dead
+        # worker or a partition, which fails the request instead of hanging it
+        self._worker_timeout_s = worker_timeout_s
         self._session: aiohttp.ClientSession | None = None  # the hot path to workers, opened in the lifespan
         self.router = Router(registry, self._resolve, router_settings, health_check=self._probe)
         self.observability = gateway_observability(server, self.router, "corral-gateway")
@@ -44,7 +49,7 @@ class GatewayService:
         if record.address is None:
             return None  # an in-process instance of some other process: not reachable from here
         assert self._session is not None, "records are followed only once the session is open"
-        return RemoteInstance(self._session, record.address, record.instance_id)
+        return RemoteInstance(self._session, record.address, record.instance_id, self._worker_timeout_s)
 
     async def _probe(self, target: Target) -> bool:
         client = target.client

@@ -116,10 +116,18 @@ class Refused(Exception):
         self.body = body
 
 
-async def open_stream(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str]) -> ResponseLines:
+async def open_stream(
+    session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str], silence_s: float | None = None
+) -> ResponseLines:
     """POST ``data``; the body's lines once a 2xx answer starts, else ``Refused`` (with
-    what the server said). Transport failures raise ``TransportError`` types."""
-    resp = await session.post(url, data=data, headers=headers, allow_redirects=False)
+    what the server said). Transport failures raise ``TransportError`` types.
+    ``silence_s``: the longest wait for any read, headers included (default: the
+    session's read timeout)."""
+    if silence_s is None:  # (an explicit timeout=None would mean no timeout at all)
+        resp = await session.post(url, data=data, headers=headers, allow_redirects=False)
+    else:
+        timeout = aiohttp.ClientTimeout(total=None, connect=session.timeout.connect, sock_read=silence_s)
+        resp = await session.post(url, data=data, headers=headers, allow_redirects=False, timeout=timeout)
     if not 200 <= resp.status < 300:
         try:
             body = await resp.read()

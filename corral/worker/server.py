@@ -28,11 +28,10 @@ from corral.core.errors import CorralError, EngineError, EngineNotInstalled, Inv
 from corral.core.state import spec_from_json
 from corral.engines.catalog import get_entry
 from corral.core.registry import InstanceState
-from corral.core.types import GenerationEnd
+from corral.core.types import GenerationEnd, GenerationRequest
 from corral.observe import tracing
 from corral.observe.metrics import WorkerMetrics, metrics_route
 from corral.web.body import read_body
-from corral.web.disconnect import unless_client_leaves
 from corral.web.streaming import ClosingStreamingResponse
 from corral.web.responses import json_response
 from corral.web.middleware import ApiKeys, RequestId
@@ -42,6 +41,7 @@ from corral.worker.worker import Worker
 log = logging.getLogger(__name__)
 
 MAX_INTERNAL_BODY = 64 * 1024 * 1024
+KEEPALIVE_S = 5.0  # a generation silent this long gets a blank line (gateways time out at 30 s by default)
 
 
 def create_worker_app(
@@ -61,21 +61,13 @@ def create_worker_app(
         received = time.time()
         instance = instance_for(request, "chat")
         req = wire.decode_generation(await read_body(request, MAX_INTERNAL_BODY))
-        started = time.time()
-        with worker.track(instance):
-            stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
-        trace = WorkerTrace(req.traceparent, instance, received, started) if req.traceparent else None
-        aclose = getattr(stream, "aclose", None)
-        if not req.stream:
-            # the gateway's client wants the whole answer: the same lines, in one write
-            try:
-                body = await unless_client_leaves(request, _joined(_lines(worker, instance, stream, trace)))
-            finally:
-                if aclose is not None:  # even if the gateway left before the lines started
-                    await aclose()
-            return Response(body, media_type="application/x-ndjson")
+        call = _Generation(worker, instance, req, received)
+        lines = call.lines() if req.stream else _joined(call.lines())  # whole answer wanted: one write
+        # the answer starts at once and carries blank lines while the engine is silent
+        # (admission, a long prefill): the gateway can bound silence with a read timeout
+        # and tell a slow engine from a dead worker; an engine's refusal is the first line
         return ClosingStreamingResponse(
-            _lines(worker, instance, stream, trace), on_close=aclose or _nothing, media_type="application/x-ndjson"
+            lines, on_close=call.close, media_type="application/x-ndjson", keepalive=(b"\n", KEEPALIVE_S)
         )
 
     async def embed(request: Request) -> Response:
@@ -180,33 +172,56 @@ class WorkerTrace:
         )
 
 
-async def _lines(worker: Worker, instance: Instance, stream: Any, trace: WorkerTrace | None) -> AsyncIterator[bytes]:
-    with worker.track(instance):
-        try:
-            async for item in stream:
-                if trace is not None:
-                    if isinstance(item, GenerationEnd):
-                        item = dataclasses.replace(item, spans=trace.spans(item))
-                    elif trace.first_token is None:
-                        trace.first_token = time.time()
-                yield wire.encode_item(item)
-        except CorralError as exc:
-            yield _error_line(exc)
-        except Exception as exc:  # an engine bug: the gateway must get an error line, not a cut stream
-            log.exception("generation failed on instance %s", instance.instance_id)
-            yield _error_line(EngineError(f"engine failed: {type(exc).__name__}"))
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+class _Generation:
+    """One generation on this worker, from admission to its last line."""
+
+    def __init__(self, worker: Worker, instance: Instance, request: GenerationRequest, received: float) -> None:
+        self._worker = worker
+        self._instance = instance
+        self._request = request
+        self._received = received
+        self._stream: Any = None
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        worker, instance, req = self._worker, self._instance, self._request
+        started = time.time()
+        with worker.track(instance):
+            try:
+                self._stream = await instance.engine.generate(req)  # type: ignore[attr-defined]
+            except CorralError as exc:
+                yield _error_line(exc)
+                return
+            except Exception as exc:  # an engine bug: an error line, not a cut stream
+                log.exception("generation failed to start on instance %s", instance.instance_id)
+                yield _error_line(EngineError(f"engine failed: {type(exc).__name__}"))
+                return
+            trace = WorkerTrace(req.traceparent, instance, self._received, started) if req.traceparent else None
+            try:
+                async for item in self._stream:
+                    if trace is not None:
+                        if isinstance(item, GenerationEnd):
+                            item = dataclasses.replace(item, spans=trace.spans(item))
+                        elif trace.first_token is None:
+                            trace.first_token = time.time()
+                    yield wire.encode_item(item)
+            except CorralError as exc:
+                yield _error_line(exc)
+            except Exception as exc:  # an engine bug: the gateway must get an error line, not a cut stream
+                log.exception("generation failed on instance %s", instance.instance_id)
+                yield _error_line(EngineError(f"engine failed: {type(exc).__name__}"))
+            finally:
+                await self.close()
+
+    async def close(self) -> None:
+        """Close the engine's stream (idempotent), however the answer ended."""
+        stream, self._stream = self._stream, None
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
-async def _joined(lines: AsyncIterator[bytes]) -> bytes:
-    return b"".join([line async for line in lines])
-
-
-async def _nothing() -> None:
-    pass
+async def _joined(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield b"".join([line async for line in lines])
 
 
 def _error_line(exc: CorralError) -> bytes:

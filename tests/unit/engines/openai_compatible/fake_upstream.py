@@ -120,6 +120,8 @@ class FakeUpstream:
             return PlainTextResponse("Internal Server Error", status_code=500)
         if model in ("hang", "hang-slow"):
             await asyncio.sleep(3)
+        if model == "hang-long":  # longer than a gateway's shortest worker timeout
+            await asyncio.sleep(8)
         if model == "json":  # ignores stream: true
             return JSONResponse(self._whole(body, chat))
         if model == "tools-json":  # tool calls in a whole (non-streamed) answer
