@@ -7,10 +7,16 @@ and puts it on a bounded queue (a full queue drops the row and counts it in
 every hour. Writing never fails or slows a request: while the database is down the
 batches are dropped and counted, and the outage is logged once.
 
+The database work goes through a ``RecordsBackend`` chosen by the URL: ``sqlite:`` URLs
+use the standard library's ``sqlite3`` on one thread (``corral.observe.records_sqlite``),
+so a gateway with the default records file never imports SQLAlchemy (about a third of
+its memory); other URLs (``postgresql:``) use SQLAlchemy
+(``corral.observe.records_sqlalchemy``, imported only then). Both create the one table
+described here by ``COLUMNS``, ``PRIMARY_KEY``, ``NOT_NULL`` and ``INDEXES``.
+
 Prompt and completion text arrive already cleaned by the gateway's ``Tracker`` (``None``
 unless capture is on, redaction applied). ``params`` and ``spans`` are JSON text.
-``feedback_route(store)`` serves ``POST /v1/feedback``. The URL mapping, engine and error
-mapping are the SQL registry's (``corral.registry.sqlbase``).
+``feedback_route(store)`` serves ``POST /v1/feedback``.
 """
 
 from __future__ import annotations
@@ -19,12 +25,10 @@ import asyncio
 import json
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
-from sqlalchemy import Boolean, Column, Double, Index, Integer, MetaData, Table, Text, delete, inspect, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -32,7 +36,6 @@ from starlette.routing import Route
 from corral.core.errors import CorralError, NotFound
 from corral.core.observe import RequestEvent
 from corral.observe.tracing import all_spans
-from corral.registry.sqlbase import SqlBase
 from corral.web.body import read_body
 from corral.web.errors import error_response, from_validation
 from corral.web.responses import json_response
@@ -42,7 +45,76 @@ log = logging.getLogger(__name__)
 TABLE = "corral_requests"
 RETENTION_EVERY_S = 3600.0
 FLUSH_TIMEOUT_S = 10.0  # how long ``feedback`` waits for queued rows to be written
+
+# The table, in column order (rows travel as tuples in this order). The types are the SQL
+# names SQLAlchemy emitted for this table on SQLite, so files written by either backend
+# (and by earlier versions) have the same schema.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("request_id", "TEXT"),
+    ("time", "DOUBLE"),  # unix seconds when the request arrived
+    ("api_key_id", "TEXT"), ("model", "TEXT"), ("instance_id", "TEXT"), ("engine", "TEXT"),
+    ("worker_id", "TEXT"), ("route", "TEXT"),
+    ("stream", "BOOLEAN"),
+    ("params", "TEXT"),  # JSON object: the sampling parameters as sent
+    ("outcome", "TEXT"), ("http_status", "INTEGER"), ("error", "TEXT"),
+    ("latency_s", "DOUBLE"), ("ttft_s", "DOUBLE"),
+    ("prompt_tokens", "INTEGER"), ("completion_tokens", "INTEGER"), ("retries", "INTEGER"),
+    ("prompt_text", "TEXT"), ("completion_text", "TEXT"),  # only with capture_text, redacted
+    ("trace_id", "TEXT"),
+    ("spans", "TEXT"),  # JSON list of the request's spans, for ``corral trace``
+    ("feedback_rating", "INTEGER"), ("feedback_comment", "TEXT"), ("feedback_time", "DOUBLE"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+PRIMARY_KEY = "request_id"
+NOT_NULL = ("time",)
+INDEXES = (("ix_corral_requests_time", "time"), ("ix_corral_requests_model", "model"),
+           ("ix_corral_requests_trace", "trace_id"))
 _JSON_COLUMNS = ("params", "spans")
+_BOOLEAN_COLUMNS = tuple(name for name, kind in COLUMNS if kind == "BOOLEAN")
+
+# A condition of a select: (column, operator, value), the operator "=", ">=" or "<".
+Condition = tuple[str, str, Any]
+
+
+class RecordsBackend(Protocol):
+    """The database side of a ``RecordStore``. Database failures raise
+    ``corral.core.errors.Unavailable`` (code ``records_unavailable``) naming ``safe_url``."""
+
+    safe_url: str  # the URL without its password, for messages and logs
+
+    async def create(self) -> None:
+        """Create the table and its indexes if missing (another process may do so at the same time)."""
+
+    async def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows (values in ``COLUMNS`` order) in one transaction; a known ``request_id`` is skipped."""
+
+    async def delete_before(self, cutoff: float) -> int:
+        """Delete the rows whose ``time`` is before ``cutoff``; the number deleted."""
+
+    async def set_feedback(self, request_id: str, rating: int, comment: str | None, at: float) -> bool:
+        """Set the feedback columns of one row; whether the row exists."""
+
+    async def has_table(self) -> bool:
+        """Whether the table exists (without creating it)."""
+
+    async def select(self, where: list[Condition]) -> list[dict[str, Any]]:
+        """The rows matching every condition, by ``time`` then ``request_id``, as stored."""
+
+    async def close(self) -> None:
+        """Release connections and threads; the backend may be used again afterwards."""
+
+
+def records_backend(url: str) -> RecordsBackend:
+    """The backend for ``url``, without any I/O; ``ConfigError`` for an unsupported URL."""
+    scheme = url.partition("://")[0]
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        from corral.observe.records_sqlite import SqliteRecords
+
+        return SqliteRecords(url)
+    # PostgreSQL; an unsupported URL gets the SQL registry's ConfigError from there
+    from corral.observe.records_sqlalchemy import SqlAlchemyRecords
+
+    return SqlAlchemyRecords(url)
 
 
 def default_records_url() -> str:
@@ -52,48 +124,28 @@ def default_records_url() -> str:
     return f"sqlite:///{cache_dir() / 'records.db'}"
 
 
-def _table(metadata: MetaData) -> Table:
-    return Table(
-        TABLE,
-        metadata,
-        Column("request_id", Text, primary_key=True),
-        Column("time", Double, nullable=False),  # unix seconds when the request arrived
-        *(Column(name, Text) for name in ("api_key_id", "model", "instance_id", "engine", "worker_id", "route")),
-        Column("stream", Boolean),
-        Column("params", Text),  # JSON object: the sampling parameters as sent
-        Column("outcome", Text), Column("http_status", Integer), Column("error", Text),
-        Column("latency_s", Double), Column("ttft_s", Double),
-        Column("prompt_tokens", Integer), Column("completion_tokens", Integer), Column("retries", Integer),
-        Column("prompt_text", Text), Column("completion_text", Text),  # only with capture_text, redacted
-        Column("trace_id", Text),
-        Column("spans", Text),  # JSON list of the request's spans, for ``corral trace``
-        Column("feedback_rating", Integer), Column("feedback_comment", Text), Column("feedback_time", Double),
-        Index("ix_corral_requests_time", "time"),
-        Index("ix_corral_requests_model", "model"),
-        Index("ix_corral_requests_trace", "trace_id"),
-    )
-
-
 def _json(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+def event_values(event: RequestEvent) -> tuple[Any, ...]:
+    """The row stored for a finished request, in ``COLUMNS`` order (a tuple: built on
+    every request, and what the database drivers take)."""
+    return (
+        event.request_id, event.started_at, event.api_key_id, event.model, event.instance_id, event.engine,
+        event.worker_id, event.route, bool(event.stream), _json(event.params or {}), event.outcome,
+        event.http_status, event.error, event.latency_s, event.ttft_s, event.prompt_tokens,
+        event.completion_tokens, event.retries, event.prompt_text, event.completion_text, event.trace_id,
+        _json(all_spans(event)), None, None, None,  # feedback comes later
+    )
+
+
 def event_row(event: RequestEvent) -> dict[str, Any]:
-    """The row stored for a finished request."""
-    return {
-        "request_id": event.request_id, "time": event.started_at, "api_key_id": event.api_key_id,
-        "model": event.model, "instance_id": event.instance_id, "engine": event.engine,
-        "worker_id": event.worker_id, "route": event.route, "stream": bool(event.stream),
-        "params": _json(event.params or {}), "outcome": event.outcome, "http_status": event.http_status,
-        "error": event.error, "latency_s": event.latency_s, "ttft_s": event.ttft_s,
-        "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-        "retries": event.retries, "prompt_text": event.prompt_text, "completion_text": event.completion_text,
-        "trace_id": event.trace_id, "spans": _json(all_spans(event)),
-        "feedback_rating": None, "feedback_comment": None, "feedback_time": None,
-    }
+    """The row stored for a finished request, by column name."""
+    return dict(zip(COLUMN_NAMES, event_values(event), strict=True))
 
 
-class RecordStore(SqlBase):
+class RecordStore:
     """``RecordStore("sqlite:///path/records.db")`` or ``RecordStore("postgresql://...")``.
 
     In a server: ``await open()`` (creates the table, starts the writer and retention
@@ -101,23 +153,16 @@ class RecordStore(SqlBase):
     (``corral report``) may call ``has_table``/``query`` without ``open``.
     """
 
-    _what = "request records"
-    _error_code = "records_unavailable"
     # few, large statements: each costs a hop to the database thread and a commit, and
     # the per-row work of a batch is a small part of it
     batch_size = 1000
     batch_wait_s = 0.25
 
     def __init__(self, url: str, retention_days: float = 30, queue_size: int = 10_000) -> None:
-        metadata = MetaData()
-        self._table = _table(metadata)
-        super().__init__(url, metadata)  # ConfigError for an unsupported URL; no I/O
+        self._db = records_backend(url)  # ConfigError for an unsupported URL; no I/O
+        self.safe_url = self._db.safe_url  # for messages and logs
         self.retention_days = retention_days
-        self._columns = tuple(c.name for c in self._table.columns)
-        self._sqlite_insert = (
-            f"INSERT OR IGNORE INTO {TABLE} ({', '.join(self._columns)}) VALUES ({', '.join('?' * len(self._columns))})"
-        )
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(queue_size)
         self._progress = asyncio.Condition()
         self._queued = 0  # rows ever put on the queue
         self._done = 0  # rows taken off the queue and written (or dropped by a failed write)
@@ -132,7 +177,7 @@ class RecordStore(SqlBase):
 
     async def open(self) -> None:
         """Create the table and indexes if missing; start the writer and retention tasks."""
-        await super().open()
+        await self._db.create()
         loop = asyncio.get_running_loop()
         self._stop.clear()
         if self._writer is None or self._writer.done():
@@ -143,7 +188,7 @@ class RecordStore(SqlBase):
     def request_finished(self, event: RequestEvent) -> None:
         """The ``Observer`` hook: queue the event's row; never blocks, never raises."""
         try:
-            row = event_row(event)
+            row = event_values(event)
         except Exception:  # noqa: BLE001 -- an odd event must not fail the request
             log.exception("request records: cannot record request %s", getattr(event, "request_id", "?"))
             self.dropped_total += 1
@@ -166,7 +211,7 @@ class RecordStore(SqlBase):
             await asyncio.wait_for(self._progress.wait_for(lambda: self._done >= target), timeout)
 
     async def close(self) -> None:
-        """Write what is queued, stop the tasks, dispose of the connection pool."""
+        """Write what is queued, stop the tasks, close the database connections."""
         self._stop.set()
         try:
             await self.flush(timeout=FLUSH_TIMEOUT_S)
@@ -178,15 +223,12 @@ class RecordStore(SqlBase):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
         self._writer = self._retention = None
-        await super().close()
+        await self._db.close()
 
     async def prune(self, now: float | None = None) -> int:
         """Delete the rows older than ``retention_days``; the number deleted."""
         cutoff = (time.time() if now is None else now) - self.retention_days * 86400.0
-        with self._unavailable("delete old request records"):
-            async with self._engine.begin() as conn:
-                result = await conn.execute(delete(self._table).where(self._table.c.time < cutoff))
-        return int(result.rowcount or 0)
+        return await self._db.delete_before(cutoff)
 
     async def feedback(self, request_id: str, rating: int, comment: str | None) -> bool:
         """Attach feedback to a request's record; ``False`` when no such request is recorded."""
@@ -194,61 +236,47 @@ class RecordStore(SqlBase):
             await self.flush(timeout=FLUSH_TIMEOUT_S)  # its row may still be queued
         except TimeoutError:
             log.warning("request records: feedback for %s before its row was written", request_id)
-        t = self._table
-        statement = (
-            update(t).where(t.c.request_id == request_id)
-            .values(feedback_rating=rating, feedback_comment=comment, feedback_time=time.time())
-        )
-        with self._unavailable("save feedback"):
-            async with self._engine.begin() as conn:
-                result = await conn.execute(statement)
-        return bool(result.rowcount)
+        return await self._db.set_feedback(request_id, rating, comment, time.time())
 
     # -- reading --
 
     async def has_table(self) -> bool:
         """Whether the database holds a ``corral_requests`` table (without creating it)."""
-        with self._unavailable("read the schema"):
-            async with self._engine.connect() as conn:
-                return bool(await conn.run_sync(lambda sync: inspect(sync).has_table(TABLE)))
+        return await self._db.has_table()
 
     async def query(self, since: float, until: float | None = None, model: str | None = None) -> list[dict[str, Any]]:
         """Rows with ``since <= time < until`` (and ``model``), oldest first; JSON columns decoded."""
-        t = self._table
-        statement = select(t).where(t.c.time >= since).order_by(t.c.time, t.c.request_id)
+        where: list[Condition] = [("time", ">=", since)]
         if until is not None:
-            statement = statement.where(t.c.time < until)
+            where.append(("time", "<", until))
         if model is not None:
-            statement = statement.where(t.c.model == model)
-        return await self._select(statement, "read request records")
+            where.append(("model", "=", model))
+        return await self._select(where)
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
-        rows = await self._select(select(self._table).where(self._table.c.request_id == request_id), "read a record")
+        rows = await self._select([("request_id", "=", request_id)])
         return rows[0] if rows else None
 
     async def by_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The records of one trace (its spans are in each row's ``spans``), oldest first."""
-        t = self._table
-        return await self._select(select(t).where(t.c.trace_id == trace_id).order_by(t.c.time), "read a trace")
+        return await self._select([("trace_id", "=", trace_id)])
 
-    async def _select(self, statement: Any, action: str) -> list[dict[str, Any]]:
-        with self._unavailable(action):
-            async with self._engine.connect() as conn:
-                rows = (await conn.execute(statement)).mappings().all()
-        out = []
+    async def _select(self, where: list[Condition]) -> list[dict[str, Any]]:
+        rows = await self._db.select(where)
         for row in rows:
-            item = dict(row)
             for name in _JSON_COLUMNS:
                 try:
-                    item[name] = json.loads(item[name]) if item[name] else None
+                    row[name] = json.loads(row[name]) if row[name] else None
                 except ValueError:
-                    item[name] = None
-            out.append(item)
-        return out
+                    row[name] = None
+            for name in _BOOLEAN_COLUMNS:  # SQLite stores 0/1
+                if row[name] is not None:
+                    row[name] = bool(row[name])
+        return rows
 
     # -- background tasks --
 
-    def _take(self, limit: int) -> list[dict[str, Any]]:
+    def _take(self, limit: int) -> list[tuple[Any, ...]]:
         batch = []
         while len(batch) < limit and not self._queue.empty():
             batch.append(self._queue.get_nowait())
@@ -264,23 +292,12 @@ class RecordStore(SqlBase):
             batch += self._take(self.batch_size - 1)
             await self._write(batch)
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
-        """Insert ``batch`` in one statement; on failure drop and count it (logged once per outage)."""
+    async def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        """Insert ``batch`` in one transaction; on failure drop and count it (logged once per outage)."""
         if not batch:
             return
         try:
-            with self._unavailable("write request records"):
-                async with self._engine.begin() as conn:
-                    if self.dialect == "sqlite":
-                        # the driver's executemany with a fixed statement: SQLAlchemy's
-                        # per-row parameter processing cost more than SQLite's insert
-                        columns = self._columns
-                        await conn.exec_driver_sql(self._sqlite_insert, [tuple(r[c] for c in columns) for r in batch])
-                    else:
-                        statement = postgresql_insert(self._table).on_conflict_do_nothing(
-                            index_elements=[self._table.c.request_id]
-                        )
-                        await conn.execute(statement, batch)
+            await self._db.insert(batch)
         except Exception as exc:  # noqa: BLE001 -- recording must never fail the server
             self.dropped_total += len(batch)
             if not self._failing:
