@@ -39,6 +39,7 @@ M = TypeVar("M", bound=BaseModel)
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 INSTANCE_HEADER = "x-corral-instance"  # which instance served the request
+_SSE_KEEPALIVE = (b": keep-alive\n\n", 15.0)
 
 
 class OpenAIRoutes:
@@ -183,7 +184,9 @@ class OpenAIRoutes:
             self._tracker.finish(event)
 
         headers = {**_SSE_HEADERS, INSTANCE_HEADER: served_by or event.instance_id or ""}
-        return ClosingStreamingResponse(body, on_close, "text/event-stream", headers)
+        # an SSE comment while the engine is silent (a long prefill): proxies and clients
+        # with idle timeouts keep the stream open; SSE readers ignore comments
+        return ClosingStreamingResponse(body, on_close, "text/event-stream", headers, keepalive=_SSE_KEEPALIVE)
 
 
 async def _whole_merged(merged: Merged, n: int) -> tuple[Choices, Usage]:

@@ -60,3 +60,31 @@ async def test_normal_end_closes_once() -> None:
 
     await ClosingStreamingResponse(body(), on_close, "text/plain")({"type": "http"}, receive, send)
     assert [m.get("body") for m in sent[1:]] == [b"a", b"b", b""] and closed == ["on_close"]
+
+
+async def test_keepalive_while_the_body_is_silent() -> None:
+    import asyncio
+
+    async def body() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.35)  # silent: a long prefill
+        yield b"data: 1\n\n"
+        yield b"data: 2\n\n"  # no ping between chunks that come together
+
+    async def on_close() -> None:
+        pass
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message.get("body", b""))
+
+    response = ClosingStreamingResponse(body(), on_close, "text/event-stream", keepalive=(b": ping\n\n", 0.1))
+    await response({"type": "http"}, receive, send)
+    pings = sent.index(b"data: 1\n\n")
+    assert 2 <= pings <= 4 and set(sent[:pings]) == {b": ping\n\n"}
+    assert sent[pings:] == [b"data: 1\n\n", b"data: 2\n\n", b""]
