@@ -59,7 +59,8 @@ async def test_normal_end_closes_once() -> None:
         sent.append(message)
 
     await ClosingStreamingResponse(body(), on_close, "text/plain")({"type": "http"}, receive, send)
-    assert [m.get("body") for m in sent[1:]] == [b"a", b"b", b""] and closed == ["on_close"]
+    bodies = [m.get("body") for m in sent[1:]]
+    assert b"".join(bodies) == b"ab" and bodies[-1] == b"" and closed == ["on_close"]
 
 
 async def test_keepalive_while_the_body_is_silent() -> None:
@@ -87,4 +88,35 @@ async def test_keepalive_while_the_body_is_silent() -> None:
     await response({"type": "http"}, receive, send)
     pings = sent.index(b"data: 1\n\n")
     assert 2 <= pings <= 4 and set(sent[:pings]) == {b": ping\n\n"}
-    assert sent[pings:] == [b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert b"".join(sent[pings:]) == b"data: 1\n\ndata: 2\n\n" and sent[-1] == b""  # no ping between them
+
+
+async def test_a_burst_leaves_in_fewer_writes_and_a_trickle_one_by_one() -> None:
+    import asyncio
+
+    async def burst() -> AsyncIterator[bytes]:
+        for i in range(10):  # produced without waiting: as from a buffer of upstream events
+            yield b"%d," % i
+        await asyncio.sleep(0.05)  # then a token at a time
+        yield b"x,"
+        await asyncio.sleep(0.05)
+        yield b"y,"
+
+    async def on_close() -> None:
+        pass
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message.get("body", b""))
+
+    await ClosingStreamingResponse(burst(), on_close, "text/plain")({"type": "http"}, receive, send)
+    assert b"".join(sent) == b"0,1,2,3,4,5,6,7,8,9,x,y,"
+    assert sent[0] == b"0,"  # the first at once
+    assert sent[1] == b"1,2,3,4,5,6,7,8,9,"  # the rest of the burst in one write
+    assert sent[2:] == [b"x,", b"y,", b""]  # a trickle is not held back
