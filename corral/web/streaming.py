@@ -77,6 +77,9 @@ class ClosingStreamingResponse(StreamingResponse):
                     await out.put(chunk)
                 first = False
                 self._last_write = time.monotonic()
+        except BaseException:
+            writer.cancel()  # cancelled (client gone) or failed: nothing more is written
+            raise
         finally:
             if pinger is not None:
                 pinger.cancel()
@@ -85,11 +88,14 @@ class ClosingStreamingResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _write(self, send: Send, out: _Outbox) -> None:
-        while True:
-            data = await out.take()
-            if data is None:
-                return
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+        try:
+            while True:
+                data = await out.take()
+                if data is None:
+                    return
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            out.close()  # a producer waiting for room must not wait for a writer that is gone
 
     async def _ping(self, out: _Outbox, ping: bytes, every_s: float) -> None:
         while True:
@@ -116,7 +122,7 @@ class _Outbox:
         self._closed = False
 
     async def put(self, chunk: bytes) -> None:
-        if self._size >= self.LIMIT:
+        if self._size >= self.LIMIT and not self._closed:
             self._room.clear()
             await self._room.wait()
         self._chunks.append(chunk)
@@ -129,6 +135,7 @@ class _Outbox:
     def close(self) -> None:
         self._closed = True
         self._ready.set()
+        self._room.set()
 
     async def take(self) -> bytes | None:
         """Everything put since the last take, in one piece; None once closed and empty."""

@@ -120,3 +120,40 @@ async def test_a_burst_leaves_in_fewer_writes_and_a_trickle_one_by_one() -> None
     assert sent[0] == b"0,"  # the first at once
     assert sent[1] == b"1,2,3,4,5,6,7,8,9,"  # the rest of the burst in one write
     assert sent[2:] == [b"x,", b"y,", b""]  # a trickle is not held back
+
+
+async def test_a_writer_that_fails_does_not_leave_the_producer_waiting() -> None:
+    """A client gone on an ASGI 2.4 server: ``send`` raises while the producer is ahead
+    of the socket by more than the outbox holds. The response ends with the error."""
+    import asyncio
+
+    produced: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(64):
+            produced.append(i)
+            yield b"x" * 65536  # 4 MiB in all: far more than the outbox holds
+
+    closed: list[bool] = []
+
+    async def on_close() -> None:
+        closed.append(True)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    bodies = 0
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal bodies
+        if message["type"] == "http.response.body":
+            bodies += 1
+            if bodies > 1:
+                await asyncio.sleep(0.01)
+                raise OSError("connection reset")
+
+    response = ClosingStreamingResponse(body(), on_close, "application/octet-stream")
+    with pytest.raises(ClientDisconnect):
+        await asyncio.wait_for(response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send), 5)
+    assert closed == [True] and len(produced) < 64
