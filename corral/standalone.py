@@ -21,7 +21,6 @@ from starlette.middleware import Middleware
 
 from corral.controller.admin import admin_routes
 from corral.controller.manager import Manager
-from corral.controller.workers import WorkerInfo
 from corral.core.registry import InstanceRecord, InstanceState
 from corral.core.spec import ModelSpec, Settings
 from corral.engines.catalog import installed_engines

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
-from corral.core.spec import ModelKind, ModelSpec, ServerSettings
+from corral.core.spec import ModelSpec, ServerSettings
 
 log = logging.getLogger("corral")
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from corral.core.errors import CorralError, EngineError
-from corral.core.types import GenerationChunk, GenerationEnd, Usage
+from corral.core.types import GenerationChunk, GenerationEnd
 from corral.gateway.pipeline import Choice
 from corral.web.errors import error_event
 from corral.protocol.openai import responses
