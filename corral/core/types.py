@@ -192,4 +192,10 @@ class EngineLoad:
     queued: int = 0
     cancelled_total: int = 0
     completed_total: int = 0
+    # Supervision: ``failure`` is set when the engine can no longer serve and will not
+    # recover by itself (its loop died past its restart budget); the worker then marks the
+    # instance failed so the manager replaces it. Crashes and in-place restarts are counted.
+    failure: str | None = None
+    crashes_total: int = 0
+    restarts_total: int = 0
     extra: dict[str, float] = field(default_factory=dict)
