@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    create .venv, install pinned dependencies, run `corral start` (demo models, port 8000)
+#   make run    create .venv, install pinned dependencies, run `corral start` (SmolLM2-135M-Instruct + an embedder, port 8000)
 #   make test   create .venv, install pinned dependencies, run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv

@@ -3,7 +3,9 @@
 The same fake OpenAI upstream (``corral.bench.fake_openai``) is measured four ways:
 directly (the load generator's own ceiling), through the bare aiohttp proxy (the
 reference), through ``corral start`` (openai-compatible engine) and through a cluster
-(``corral gateway`` -> ``corral worker`` -> upstream). Corral runs with an API key,
+(``corral gateway`` -> ``corral worker`` -> upstream), plus the streamed cells through
+``corral start``'s Ollama route (``/api/chat``, NDJSON), whose CPU per stream is compared
+with the OpenAI route's of the same server. Corral runs with an API key,
 metrics and request records on. Every cell (streamed or not, concurrency 1/16/64) is
 repeated, the targets interleaved within each repeat so that noise hits them alike;
 ratios are taken within a repeat, then the median over repeats.
@@ -25,6 +27,8 @@ from corral.bench import loadgen
 from corral.bench.stats import summarize
 
 API_KEY = "bench-key-0123456789"
+OLLAMA = "start ollama"  # the same corral start, through its Ollama route
+ANTHROPIC = "start anthropic"  # corral start, through /v1/messages
 MODEL = "fake"
 NONSTREAM_TOKENS = 16  # tokens of a non-streamed answer (Corral still streams them from the upstream)
 STREAM_TOKENS = 32  # content chunks of a streamed answer
@@ -39,6 +43,8 @@ class Target:
     url: str
     api_key: str | None
     measured: list[Proc] = field(default_factory=list)  # processes whose CPU is read; the first is "the gateway"
+    endpoint: str = "chat"  # loadgen's endpoint: "messages" (Anthropic) or "ollama-chat" on the same server
+    streams_only: bool = False  # measured on the streamed cells only
 
 
 def upstream_stats(upstream_url: str) -> dict[str, int]:
@@ -70,6 +76,9 @@ def start_targets(procs: Processes, work: Path) -> list[Target]:
     start = procs.corral("corral-start", ["start", "--config", str(config), "--port", str(port)], port)
     wait_ready(start, "/health/ready", 60)
     targets.append(Target("corral start", f"{start.url}/v1", API_KEY, [start]))
+    targets.append(Target(OLLAMA, start.url, API_KEY, [start], endpoint="ollama-chat", streams_only=True))
+    # the same server and engine through the Anthropic Messages front-end
+    targets.append(Target(ANTHROPIC, f"{start.url}/v1", API_KEY, [start], endpoint="messages"))
 
     token = "bench-cluster-token"
     cport, wport, gport = free_port(), free_port(), free_port()
@@ -94,7 +103,8 @@ def measure(target: Target, upstream_url: str, stream: bool, concurrency: int, d
     """One cell: a short warm-up, then ``duration_s`` of closed-loop load, with the CPU
     the measured processes spent meanwhile."""
     config = loadgen.LoadConfig(
-        url=target.url, model=MODEL, api_key=target.api_key, stream=stream, concurrency=concurrency,
+        url=target.url, model=MODEL, api_key=target.api_key, endpoint=target.endpoint, stream=stream,
+        concurrency=concurrency,
         duration_s=WARMUP_S, max_tokens=STREAM_TOKENS if stream else NONSTREAM_TOKENS, timeout_s=30.0,
     )
     loadgen.run(config)
@@ -135,10 +145,12 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
     idle_cpu_pct = {name: (t.measured[0].cpu_s() - idle[name]) * 100 / IDLE_S for name, t in zip(idle, targets)}
 
     results: dict[tuple[str, bool, int], list[dict[str, Any]]] = {}
-    total, n = repeats * len(CELLS) * len(targets), 0
+    total, n = repeats * sum(1 for stream, _ in CELLS for t in targets if stream or not t.streams_only), 0
     for rep in range(repeats):
         for stream, c in CELLS:
             for target in targets:
+                if target.streams_only and not stream:
+                    continue
                 n += 1
                 r = measure(target, upstream_url, stream, c, duration_s)
                 results.setdefault((target.name, stream, c), []).append(r)
@@ -155,6 +167,11 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
         pairs = zip(results[(name, stream, c)], results[(base, stream, c)])
         return median([ratio(a["rps"], b["rps"]) for a, b in pairs])
 
+    def cpu_ratio(name: str, base: str, stream: bool, c: int) -> float | None:
+        """CPU per request of ``name`` over ``base``'s, within each repeat, then the median."""
+        pairs = zip(results[(name, stream, c)], results[(base, stream, c)])
+        return median([ratio(a["cpu_ms"][0], b["cpu_ms"][0]) for a, b in pairs])
+
     def added_p50(name: str, stream: bool, key: str = "p50_ms") -> float | None:
         pairs = zip(results[(name, stream, 1)], results[("direct", stream, 1)])
         return median([a[key] - b[key] if a[key] is not None and b[key] is not None else None for a, b in pairs])
@@ -162,6 +179,8 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
     rows = []
     for stream, c in CELLS:
         for t in targets:
+            if t.streams_only and not stream:
+                continue
             cpu = [med(t.name, stream, c, "cpu_ms", i) for i in range(len(t.measured))]
             failed = sum(r["failed"] for r in results[(t.name, stream, c)])
             rows.append([t.name, _mode(stream), c, med(t.name, stream, c, "rps"), med(t.name, stream, c, "p50_ms"),
@@ -176,6 +195,8 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
 
     summary_rows = []
     for t in targets[1:]:
+        if t.streams_only:
+            continue
         summary_rows.append([t.name, med_ratio(t.name, False, 64), med_ratio(t.name, True, 16),
                              added_p50(t.name, False), added_p50(t.name, True, "ttft_p50_ms"),
                              med(t.name, False, 64, "cpu_ms"), med(t.name, True, 16, "cpu_ms"),
@@ -185,6 +206,16 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
                      "added TTFT ms c=1", "CPU ms/request", "CPU ms/stream (32 chunks)", "idle CPU %"], summary_rows)
 
     start, cluster = "corral start", "cluster"
+
+    protocols = Table(
+        "protocol front-ends of corral start, streamed (CPU per 32-chunk stream; ratio to the OpenAI route in the "
+        "same repeat)",
+        ["route", "c", "req/s", "TTFT p50 ms", "CPU ms/stream", "x OpenAI CPU"],
+        [[name, c, med(t, True, c, "rps"), med(t, True, c, "ttft_p50_ms"), med(t, True, c, "cpu_ms"),
+          cpu_ratio(t, start, True, c) if t != start else 1.0]
+         for c in (1, 16, 64)
+         for name, t in (("/v1/chat/completions", start), ("/v1/messages (Anthropic)", ANTHROPIC), ("/api/chat (Ollama)", OLLAMA))],
+    )
     checks = [
         Check("standalone non-stream req/s c=64, x bare", med_ratio(start, False, 64), ">=", 0.5),
         Check("standalone stream req/s c=16, x bare", med_ratio(start, True, 16), ">=", 0.5),
@@ -193,6 +224,8 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
         Check("standalone CPU per non-stream request", med(start, False, 64, "cpu_ms"), "<=", 0.3, "ms"),
         Check("standalone CPU per 32-chunk stream", med(start, True, 16, "cpu_ms"), "<=", 1.0, "ms"),
         Check("cluster gateway CPU per non-stream request", med(cluster, False, 64, "cpu_ms"), "<=", 0.3, "ms"),
+        Check("Ollama route CPU per stream c=16, x the OpenAI route's", cpu_ratio(OLLAMA, start, True, 16), "<=", 1.1),
+        Check("Anthropic route CPU per stream c=16, x the OpenAI route's", cpu_ratio(ANTHROPIC, start, True, 16), "<=", 1.1),
     ]
     direct = med("direct", False, 64, "rps") or 0
     bare = med("bare proxy", False, 64, "rps") or 0
@@ -218,5 +251,5 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
             listed = "; ".join(f"{kind} x{n}, first: {examples.get(kind, '')}" for kind, n in failures.items())
             notes.insert(0, f"{t.name}: FAILED REQUESTS ({listed}); its rows count only the successful ones.")
     raw = {f"{name}|{_mode(stream)}|c={c}": runs for (name, stream, c), runs in results.items()}
-    return Section("1. gateway overhead", [cells, summary], checks, notes, {"cells": raw, "idle_cpu_pct": idle_cpu_pct},
+    return Section("1. gateway overhead", [cells, summary, protocols], checks, notes, {"cells": raw, "idle_cpu_pct": idle_cpu_pct},
                    time.perf_counter() - t0)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corral.cli.table import render_table
+from corral.fmt.table import render_table
 
 Cell = str | int | float | None
 

@@ -3,7 +3,8 @@
 Sections (``--only`` picks some): 1. gateway overhead against a fake upstream, with the
 bare aiohttp proxy as the reference; 2. engines (transformers batching, embeddings);
 3. footprint (idle memory, ``corral --help``, cold start); 4. the observability
-micro-benchmark (``benchmarks/observability.py``). Each prints its tables, its ratios
+micro-benchmark (``benchmarks/observability.py``); 5. autoscaling 0 -> up -> down -> 0
+(cold start, overload to new capacity, requests lost). Each prints its tables, its ratios
 to a baseline measured in the same run and PASS/MISS per target; everything is written
 to ``benchmarks/results/latest.json`` and ``latest.md``. The whole run takes about
 6 minutes on 2 cores; ``--quick`` takes about one (for checking the suite itself).
@@ -22,12 +23,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import engines, footprint, gateway
+from benchmarks import engines, footprint, gateway, scaling
 from benchmarks.procs import Processes, bench_env, machine
 from benchmarks.report import Section, Table, write
 from corral import __version__
 
-SECTIONS = ("gateway", "engines", "footprint", "observability")
+SECTIONS = ("gateway", "engines", "footprint", "observability", "scaling")
 RESULTS = Path(__file__).with_name("results")
 
 
@@ -51,6 +52,7 @@ def observability(duration_s: float, repeats: int, work: Path, procs: Processes,
 
 RUNNERS: dict[str, Callable[..., Section]] = {
     "gateway": gateway.run, "engines": engines.run, "footprint": footprint.run, "observability": observability,
+    "scaling": scaling.run,
 }
 
 

@@ -4,7 +4,8 @@ registry in one process.
 The gateway resolves instances to the worker's in-process engines, so a request goes
 from the HTTP handler to the engine with no network hop. The manager treats the local
 worker as its only worker, so the admin API (deploy, scale, restart, offline) works the
-same as in a cluster.
+same as in a cluster; the autoscaler reads demand off the in-process router and moves
+the replicas of autoscaled models, which the same manager makes real.
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from corral.controller.admin import admin_routes
+from corral.controller.admin_keys import key_routes
+from corral.controller.keys import KeyManager
+from corral.controller.autoscaling import Autoscaling
 from corral.controller.manager import Manager
 from corral.core.registry import InstanceRecord, InstanceState
 from corral.core.spec import ModelSpec, Settings
 from corral.engines.catalog import installed_engines
 from corral.gateway.app import create_gateway_app
+from corral.gateway.keys import KeyChain, VirtualKeys
 from corral.gateway.router import Router
 from corral.observe.metrics import WorkerMetrics
-from corral.observe.setup import gateway_observability
+from corral.observe.scaling import AutoscalerMetrics
+from corral.gateway.observability import gateway_observability
 from corral.registry.embedded import EmbeddedRegistry
 from corral.state.memory import MemoryStateStore
-from corral.web.middleware import ApiKeys
+from corral.web.middleware import ApiKeys, KeySet
 from corral.worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -64,19 +70,24 @@ class Standalone:
         self._store = MemoryStateStore()
         client = LocalWorkerClient(self.worker)
         self.manager = Manager(self._store, self.registry, lambda _: client, mode="standalone")
-        self.router = Router(self.registry, self._resolve)
+        self.router = Router(self.registry, self._resolve, on_cold=lambda model: self.autoscaling.wake(model))
+        self.autoscaling = Autoscaling(self.manager, self.router)
         self._deploying: asyncio.Task[None] | None = None
+        self.virtual_keys = VirtualKeys(self._store, settings.server.key_limits)  # in process: read straight from the store
+        self.keys = KeyManager(self._store, on_change=self.virtual_keys.apply)
         self.observability = gateway_observability(
-            settings.server, self.router, "corral-standalone", (WorkerMetrics(self.worker),)
+            settings.server, self.router, "corral-standalone", (WorkerMetrics(self.worker), AutoscalerMetrics(self.autoscaling))
         )
         self.app = create_gateway_app(
             self.router,
             settings.server,
             self.readiness,
             self.lifespan,
-            extra_routes=admin_routes(self.manager) + self.observability.routes,
+            extra_routes=admin_routes(self.manager) + key_routes(self.keys) + self.observability.routes,
             extra_middleware=[Middleware(ApiKeys, keys=(admin_token,) if admin_token else (), prefix="/admin")],
             tracker=self.observability.tracker,
+            stored_responses=self.observability.stored,
+            keys=KeyChain([KeySet(settings.server.api_keys), self.virtual_keys]),
         )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
@@ -87,17 +98,23 @@ class Standalone:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.observability.open()
         await self.router.start()
+        await self.virtual_keys.start()
         for spec in self.settings.models:
             await self._store.put_model(spec)
         self.manager.worker_seen(self.worker.worker_id, None, installed_engines(), ttl=None)
         await self.manager.start(reconcile=False)
         self._deploying = asyncio.create_task(self._deploy(), name="deploy")
+        watching = asyncio.create_task(self.worker.watch_engines(), name="watch-engines")
+        scaling = asyncio.create_task(self.autoscaling.run(), name="autoscaling")
         try:
             yield
         finally:
+            scaling.cancel()
+            watching.cancel()
             self._deploying.cancel()
             await self.manager.stop()
             await self.worker.stop()
+            await self.virtual_keys.stop()
             await self.router.stop()
             await self.observability.close()
 
@@ -123,21 +140,33 @@ class Standalone:
         for name, records in sorted(self.router.models().items()):
             instances = []
             for record in records:
+                if record.state is InstanceState.STANDBY:
+                    continue  # an autoscaled model's sign that it can wake, not an instance
                 instance = self.worker.get(record.instance_id)
                 load = instance.engine.load() if instance is not None else None
+                state = record.state
+                if load is not None and state is InstanceState.READY and (
+                    load.failure is not None or load.crashes_total > load.restarts_total
+                ):  # the engine's own word is fresher than the record (republished within 0.25 s)
+                    state = InstanceState.FAILED if load.failure is not None else InstanceState.STARTING
                 instances.append(
                     {
                         "id": record.instance_id,
-                        "state": record.state.value,
+                        "state": state.value,
                         "engine": record.engine,
                         "in_flight": load.in_flight if load else 0,
                         "queued": load.queued if load else 0,
                         "completed_total": load.completed_total if load else 0,
                         "cancelled_total": load.cancelled_total if load else 0,
+                        "crashes_total": load.crashes_total if load else 0,
+                        "restarts_total": load.restarts_total if load else 0,
                         "last_error": record.last_error,
                     }
                 )
             models[name] = {"ready": any(i["state"] == InstanceState.READY.value for i in instances), "instances": instances}
-        for spec in self.settings.models:
-            ok = ok and models.get(spec.name, {}).get("ready", False)
+        # what is deployed now (the admin API may have scaled, added or removed models
+        # since start), not the start-up config: each model meant to serve has a ready instance
+        for spec in self.manager.deployed():
+            if spec.replicas > 0 and not spec.offline:
+                ok = ok and models.get(spec.name, {}).get("ready", False)
         return ok, {"models": models}

@@ -9,7 +9,8 @@ installed), HTTP/1.1 keep-alive, no framework:
   ``max_completion_tokens``, default 16) tokens of text; streamed as a role chunk, one
   chunk per token, a finish chunk, a usage chunk when ``stream_options.include_usage``,
   then ``data: [DONE]`` (chunked transfer encoding, one write per event, yielding to the
-  event loop between events as a real server does between tokens);
+  event loop between events as a real server does between tokens; with a delay, a
+  whole answer waits the delay once per token);
 - ``POST /v1/embeddings``: an 8-dimensional vector per input.
 
 A request for model ``error-NNN`` gets HTTP NNN (a test hook). With ``api_key`` set,
@@ -99,7 +100,7 @@ class FakeOpenAI:
     def __init__(self, models: tuple[str, ...] = ("fake",), api_key: str | None = None, delay_s: float = 0.0) -> None:
         self.models = models
         self.auth = f"Bearer {api_key}".encode() if api_key else None
-        self.delay_s = delay_s  # between two streamed events; 0 only yields to the event loop
+        self.delay_s = delay_s  # between two streamed events (a whole answer: per token); 0 only yields to the event loop
         self.served = 0  # requests answered
         self.connections = 0  # connections accepted: a client that does not reuse them shows here
         self._canned: dict[tuple[str, bool], _Canned] = {}
@@ -220,7 +221,11 @@ class _Connection(asyncio.Protocol):
         tokens = max(1, min(int(limit) if isinstance(limit, int) else DEFAULT_TOKENS, MAX_TOKENS))
         canned = self._server.canned(model, chat)
         if not req.get("stream"):
-            self._finish(canned.whole(prompt, tokens, "length"))
+            whole = canned.whole(prompt, tokens, "length")
+            if self._server.delay_s > 0:  # a whole answer takes as long as its stream would
+                self._loop.call_later(self._server.delay_s * tokens, self._finish, whole)
+            else:
+                self._finish(whole)
             return
         options = req.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -301,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--model", action="append", dest="models", help="model listed by /v1/models (repeatable)")
     parser.add_argument("--api-key", help="require this bearer key on /v1")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="pause between streamed events")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="pause between streamed events (a whole answer waits this per token)")
     args = parser.parse_args(argv)
     server = FakeOpenAI(tuple(args.models or ["fake"]), args.api_key, args.delay_ms / 1000)
 

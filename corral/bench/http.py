@@ -27,8 +27,9 @@ import httptools
 # A ``data:`` line carries text when "content" (chat) or "text" (completions) is a non-empty
 # string. ``"reasoning_content"`` does not match: the quote must open the key.
 _TEXT = re.compile(rb'"(?:content|text)"\s*:\s*"[^"]')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+# OpenAI's usage names, Anthropic's (output_tokens, input_tokens), Ollama's final counts
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|output_tokens|eval_count)"\s*:\s*(\d+)')
+_PROMPT_TOKENS = re.compile(rb'"(?:prompt_tokens|input_tokens|prompt_eval_count)"\s*:\s*(\d+)')
 
 
 def completion_tokens(data: bytes) -> int | None:
@@ -94,7 +95,7 @@ class Exchange:
     """
 
     __slots__ = (
-        "t_start", "t_end", "t_first", "t_last", "status", "error", "sse", "text_events",
+        "t_start", "t_end", "t_first", "t_last", "status", "error", "sse", "ndjson", "text_events",
         "completion_tokens", "prompt_tokens", "body", "gaps", "future", "_close", "_event_error",
     )
 
@@ -105,7 +106,8 @@ class Exchange:
         self.t_last = 0.0
         self.status = 0
         self.error: str | None = None  # a transport failure, or an error event inside a stream
-        self.sse = False
+        self.sse = False  # an event stream, or (``ndjson``) Ollama's JSON lines, read the same way
+        self.ndjson = False
         self.text_events = 0
         self.completion_tokens: int | None = None
         self.prompt_tokens: int | None = None
@@ -128,7 +130,8 @@ class Exchange:
                 self.gaps.append(now - self.t_last)
             self.t_last = now
             self.text_events += 1
-        elif b'"completion_tokens"' in line:  # the usage chunk (stream_options.include_usage)
+        elif b'"completion_tokens"' in line or b'"message_delta"' in line or b'"eval_count"' in line:
+            # usage: OpenAI's chunk, Anthropic's event, Ollama's final line
             self.completion_tokens = completion_tokens(line)
             self.prompt_tokens = prompt_tokens(line)
         elif self._event_error or line[5:].lstrip().startswith(b'{"error"'):
@@ -243,7 +246,8 @@ class Connection(asyncio.Protocol):
             return
         lower = name.lower()
         if lower == b"content-type":
-            exchange.sse = value.startswith(b"text/event-stream")
+            exchange.ndjson = value.startswith(b"application/x-ndjson")
+            exchange.sse = exchange.ndjson or value.startswith(b"text/event-stream")
         elif lower == b"connection" and value.lower() == b"close":
             exchange._close = True
         elif lower == b"content-length" or lower == b"transfer-encoding":
@@ -272,6 +276,8 @@ class Connection(asyncio.Protocol):
         for line in lines:
             if not line:
                 continue
+            if exchange.ndjson:  # a JSON line is what a data: line carries
+                line = b"data:" + line
             if line.startswith(b"data:"):
                 # The hot path, once per token: compact JSON with a non-empty "content" string.
                 # Anything else (spaces, "text", usage, errors) goes through data_line.

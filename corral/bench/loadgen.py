@@ -34,7 +34,10 @@ from corral.bench.http import (
 )
 from corral.bench.stats import Samples
 
-ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+# under the API base (``.../v1``); "messages" is Anthropic's Messages API; ollama-chat is
+# Ollama's /api/chat, its URL the server's root
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+             "messages": "/messages", "ollama-chat": "/api/chat"}
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing on an old green fence "
           "near the river").split()
 _EXAMPLE_BYTES = 300
@@ -50,7 +53,7 @@ class LoadConfig:
     url: str  # the API base, e.g. http://127.0.0.1:8000/v1
     model: str
     api_key: str | None = None
-    endpoint: str = "chat"  # chat | completions | embeddings
+    endpoint: str = "chat"  # chat | completions | embeddings | messages | ollama-chat
     stream: bool = False
     concurrency: int = 1  # closed loop: clients; open loop: ignored
     rate: float | None = None  # open loop: requests per second
@@ -89,22 +92,29 @@ def request_body(config: LoadConfig) -> bytes:
     body: dict[str, Any] = {"model": config.model}
     if config.endpoint == "embeddings":
         body["input"] = text if config.inputs == 1 else [f"{i} {text}" for i in range(config.inputs)]
+    elif config.endpoint == "ollama-chat":
+        body["messages"] = [{"role": "user", "content": text}]
+        body["stream"] = config.stream
+        body["options"] = {"num_predict": config.max_tokens}
     else:
-        if config.endpoint == "chat":
+        if config.endpoint in ("chat", "messages"):
             body["messages"] = [{"role": "user", "content": text}]
         else:
             body["prompt"] = text
         body["max_tokens"] = config.max_tokens
         body["stream"] = config.stream
-        if config.stream:
+        if config.stream and config.endpoint != "messages":  # Anthropic's streams always end with usage
             body["stream_options"] = {"include_usage": True}
     body.update(config.extra_body)
     return orjson.dumps(body)
 
 
 def request_payload(config: LoadConfig, target: Target) -> bytes:
-    headers = {"content-type": "application/json", "accept": "text/event-stream" if config.stream else "application/json"}
-    if config.api_key:
+    streamed = "application/x-ndjson" if config.endpoint == "ollama-chat" else "text/event-stream"
+    headers = {"content-type": "application/json", "accept": streamed if config.stream else "application/json"}
+    if config.api_key and config.endpoint == "messages":
+        headers["x-api-key"] = config.api_key  # as Anthropic's SDKs send it
+    elif config.api_key:
         headers["authorization"] = f"Bearer {config.api_key}"
     return build_request(target, "POST", ENDPOINTS[config.endpoint], request_body(config), headers)
 

@@ -23,7 +23,7 @@ import httpx
 
 from corral import __version__
 from corral.cli.admin_args import UsageError, build_spec, resolve_address, resolve_token
-from corral.cli.table import Align, format_ago, format_detail, format_duration, format_time, render_table
+from corral.fmt.table import Align, format_ago, format_detail, format_duration, format_time, render_table
 
 POLL_S = 0.5
 Json = dict[str, Any]
@@ -122,8 +122,8 @@ def _table(headers: list[str], rows: list[list[Any]], align: str, shrink: str | 
 
 def _models_table(models: list[Json]) -> str:
     rows = [[m["name"], m.get("kind"), m.get("engine"), m.get("routing"), f"{m.get('ready', 0)}/{m.get('replicas', 0)}",
-             m.get("operation") or ("managed" if m.get("managed", True) else "config")] for m in models]
-    return _table(["NAME", "KIND", "ENGINE", "ROUTING", "READY/DESIRED", "STATE"], rows, "llllrl")
+             m.get("operation") or ("managed" if m.get("managed", True) else "config"), _autoscale_cell(m)] for m in models]
+    return _table(["NAME", "KIND", "ENGINE", "ROUTING", "READY/DESIRED", "STATE", "AUTOSCALE"], rows, "llllrll", "AUTOSCALE")
 
 
 def _instances_table(models: list[Json]) -> str:
@@ -136,8 +136,15 @@ def _instances_table(models: list[Json]) -> str:
 
 def _workers_table(workers: list[Json]) -> str:
     rows = [[w.get("id"), w.get("address"), ",".join(w.get("engines") or []) or "-", w.get("instances", 0),
-             format_ago(w.get("last_seen_s"))] for w in workers]
-    return _table(["ID", "ADDRESS", "ENGINES", "INSTANCES", "LAST SEEN"], rows, "lllrr", "ENGINES")
+             w.get("launcher") or "-", _short_node(w.get("node")), format_ago(w.get("last_seen_s"))] for w in workers]
+    return _table(["ID", "ADDRESS", "ENGINES", "INSTANCES", "LAUNCHER", "NODE", "LAST SEEN"], rows, "lllrllr", "ENGINES")
+
+
+def _short_node(node: str | None) -> str:
+    """A Ray node id is 56 hex digits: its first 12 tell nodes apart (``ray status`` does the same)."""
+    if not node:
+        return "-"
+    return node[:12] if len(node) == 56 and all(c in "0123456789abcdef" for c in node) else node
 
 
 def _plural(n: int, word: str) -> str:
@@ -267,6 +274,38 @@ def cmd_scale(args: argparse.Namespace, client: AdminClient) -> int:
                    f"scaled to {args.replicas}", hint)
 
 
+POLICY_FLAGS = ("min_replicas", "max_replicas", "target_in_flight", "upscale_delay_s", "downscale_delay_s",
+                "downscale_to_zero_delay_s", "target_ttft_p90_s", "cold_start_timeout_s")
+
+
+def cmd_autoscale(args: argparse.Namespace, client: AdminClient) -> int:
+    policy = {k: getattr(args, k) for k in POLICY_FLAGS if getattr(args, k) is not None}
+    if args.off:
+        if policy:
+            raise UsageError("--off takes no policy flags")
+        model = client.change("DELETE", _path("models", args.name, "autoscale"))["model"]
+        text = f"{args.name}: autoscaling off; it keeps {model.get('replicas')} replicas"
+    else:
+        model = client.change("PUT", _path("models", args.name, "autoscale"), policy)["model"]
+        text = f"{args.name}: autoscaling {_autoscale_cell(model)}"
+    if args.json:
+        _emit_json(model)
+    else:
+        print(text)
+    return 0
+
+
+def _autoscale_cell(model: Json) -> str:
+    policy = model.get("autoscale")
+    if not policy:
+        return "-"
+    cell = f"{policy['min_replicas']}..{policy['max_replicas']} @{policy['target_in_flight']:g}"
+    last = model.get("autoscaler")
+    if last:
+        cell += f", last: {last['reason']} {last['from']}->{last['to']} {format_duration(last.get('age_s'))} ago"
+    return cell
+
+
 def cmd_restart(args: argparse.Namespace, client: AdminClient) -> int:
     model = client.change("POST", _path("models", args.name, "restart"))["model"]
     hint = "the old instances keep serving until their replacements are ready; see the worker's log"
@@ -361,6 +400,7 @@ def cmd_audit(args: argparse.Namespace, client: AdminClient) -> int:
 
 MODEL_COMMANDS: dict[str, Callable[[argparse.Namespace, AdminClient], int]] = {
     "list": cmd_list, "deploy": cmd_deploy, "stop": cmd_simple, "scale": cmd_scale, "restart": cmd_restart,
+    "autoscale": cmd_autoscale,
     "offline": cmd_offline_online, "online": cmd_offline_online, "routing": cmd_simple,
 }
 
@@ -375,6 +415,10 @@ def run_admin(args: argparse.Namespace) -> int:
     """Run ``corral model ...``, ``corral status`` or ``corral audit``; return the exit code."""
     if args.command == "model":
         handler = MODEL_COMMANDS[args.model_command]
+    elif args.command == "key":
+        from corral.cli.keys import KEY_COMMANDS  # it imports this module
+
+        handler = KEY_COMMANDS[args.key_command]
     else:
         handler = cmd_status if args.command == "status" else cmd_audit
     try:

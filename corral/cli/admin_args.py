@@ -86,14 +86,39 @@ def _positive(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _positive_number(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive {what}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _positive_number(text, "number of seconds")
+
+
+def _delay(text: str) -> float:
+    """Seconds, where 0 means "at once"."""
+    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
+
+
+def _amount(text: str) -> float:
+    return _positive_number(text, "number")
+
+
+def _share(text: str) -> float:
+    """A resource amount where 0 (reserve none) is allowed."""
+    return 0.0 if text.strip() in ("0", "0.0") else _positive_number(text, "number")
+
+
+def _custom_resource(text: str) -> tuple[str, float]:
+    name, sep, amount = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=AMOUNT, e.g. nodeb=1")
+    return name.strip(), _positive_number(amount, "number")
 
 
 def normalize_address(address: str) -> str:
@@ -204,6 +229,12 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         options = parse_options(args.options)
         if options:
             spec["options"] = options
+    resources = {k: v for k, v in (("num_cpus", args.num_cpus), ("num_gpus", args.num_gpus),
+                                   ("memory_gb", args.memory_gb)) if v is not None}
+    if args.resources:
+        resources["custom"] = dict(args.resources)
+    if resources:  # over the file's table, key by key (the server checks the values)
+        spec["resources"] = {**(spec.get("resources") or {}), **resources}
     if args.replicas is not None:
         spec["replicas"] = args.replicas
     if args.routing is not None:
@@ -258,6 +289,11 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help=f"balancing policy: {', '.join(ROUTING_POLICIES)} (default power_of_two)")
     p.add_argument("--option", "-o", action="append", dest="options", type=_option_arg, metavar="KEY=VALUE",
                    help="engine option, repeatable; VALUE is JSON when it parses (16, true, [1,2]), else text")
+    p.add_argument("--num-cpus", type=_share, metavar="N", help="CPUs each instance reserves (--launcher ray)")
+    p.add_argument("--num-gpus", type=_share, metavar="N", help="GPUs each instance reserves (--launcher ray)")
+    p.add_argument("--memory-gb", type=_amount, metavar="GB", help="memory each instance reserves (--launcher ray)")
+    p.add_argument("--resource", action="append", dest="resources", type=_custom_resource, metavar="NAME=N",
+                   help="a custom Ray resource each instance reserves, repeatable (e.g. nodeb=1)")
     _waiting(p, "the replicas are ready")
     _connection(p)
 
@@ -269,6 +305,27 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("name", metavar="NAME")
     p.add_argument("replicas", type=_count, metavar="N", help="desired replicas (0 keeps the model, serving nothing)")
     _waiting(p, "N replicas are ready")
+    _connection(p)
+
+    p = msub.add_parser("autoscale", help="scale a model on its load (and to zero), or stop doing so",
+                        description="Set the autoscaling policy of NAME (unset flags keep their defaults: "
+                        "min 0, max 4, target-in-flight 2, delays 5 s up, 60 s down, 300 s to zero), or --off.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--off", action="store_true", help="turn autoscaling off (the current replicas stay)")
+    p.add_argument("--min", type=_count, dest="min_replicas", metavar="N", help="fewest replicas (0: scale to zero)")
+    p.add_argument("--max", type=_positive, dest="max_replicas", metavar="N", help="most replicas")
+    p.add_argument("--target-in-flight", type=_amount, metavar="N",
+                   help="requests running + queued per ready instance to aim for")
+    p.add_argument("--upscale-delay", type=_delay, dest="upscale_delay_s", metavar="SECONDS",
+                   help="demand above target this long before adding")
+    p.add_argument("--downscale-delay", type=_delay, dest="downscale_delay_s", metavar="SECONDS",
+                   help="demand below target this long before removing one")
+    p.add_argument("--to-zero-delay", type=_delay, dest="downscale_to_zero_delay_s", metavar="SECONDS",
+                   help="idle this long before going from 1 to 0")
+    p.add_argument("--target-ttft-p90", type=_seconds, dest="target_ttft_p90_s", metavar="SECONDS",
+                   help="also add capacity when time to first token p90 exceeds this")
+    p.add_argument("--cold-start-timeout", type=_seconds, dest="cold_start_timeout_s", metavar="SECONDS",
+                   help="how long a request waits for a model at zero to wake")
     _connection(p)
 
     p = msub.add_parser("restart", help="rolling restart, one instance at a time")

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from corral.bench import loadgen
 from corral.bench.http import Target, new_event_loop
 from corral.bench.stats import Samples, summarize
-from corral.cli.table import render_table
+from corral.fmt.table import render_table
 
 _TTY_EVERY_S = 0.5
 _LOG_EVERY_S = 5.0

@@ -61,7 +61,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     stop.add_argument("--requests", "-n", type=_positive_int, metavar="N", help="send this many requests, then stop")
     p.add_argument("--warmup", type=_duration, metavar="DURATION",
                    help="send load this long first, without measuring it (e.g. 2s)")
-    p.add_argument("--endpoint", choices=["chat", "completions", "embeddings"], default="chat",
+    p.add_argument("--endpoint", choices=["chat", "completions", "embeddings", "messages"], default="chat",
                    help="/chat/completions (default), /completions or /embeddings")
     p.add_argument("--stream", action="store_true", help="stream the answers (needed for time to first token)")
     p.add_argument("--prompt-tokens", type=_positive_int, default=32, metavar="P",

@@ -10,10 +10,16 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
-from corral.core.spec import ModelSpec, ServerSettings
+from corral.cli.protocols import parse_protocols
+from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
+
+if TYPE_CHECKING:
+    from corral.controller.capacity import Capacity
+    from corral.core.launcher import Launcher
 
 log = logging.getLogger("corral")
 
@@ -54,7 +60,8 @@ def _registry_url(args: argparse.Namespace) -> str:
 
 def run_controller(args: argparse.Namespace) -> int:
     from corral.controller.service import ControllerService
-    from corral.registry.factory import redact, registry_from_url
+    from corral.fmt.urls import redact
+    from corral.registry.factory import registry_from_url
     from corral.state.factory import state_from_url
 
     try:
@@ -66,12 +73,52 @@ def run_controller(args: argparse.Namespace) -> int:
             )
         _require_cluster_token(_cluster_token(args), args.host, "cluster API")
         store = state_from_url(args.registry)
-        service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token)
+        capacity = _capacity(args) if args.launcher else None
+        service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token, capacity)
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
     log.info("controller on http://%s:%d, registry %s", args.host, args.port, redact(args.registry or "memory://"))
     return Runner().run(service.app, args.host, args.port, args.log_level, before_exit=service.shutdown)
+
+
+def _capacity(args: argparse.Namespace) -> Capacity:
+    from corral.controller.capacity import Capacity
+
+    if args.launcher_max_instances < 1:
+        raise ConfigError("--launcher-max-instances must be at least 1")
+    if args.launcher == "local":
+        from corral.controller.local_launcher import LocalLauncher
+        from corral.engines.sources import cache_dir
+
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else _reachable_host(args.host)
+        local = LocalLauncher(f"http://{host}:{args.port}", cache_dir(), _cluster_token(args), args.launcher_max_instances)
+        return Capacity(local, args.launcher_idle)
+    return Capacity(_ray_launcher(args), args.launcher_idle)
+
+
+def _ray_launcher(args: argparse.Namespace) -> Launcher:
+    """``ray://HOST:PORT`` (the cluster's GCS address, as ``ray start --address`` takes
+    it), or ``ray`` with the address in ``RAY_ADDRESS``. Ray itself is imported when the
+    controller starts (``RayLauncher.open``), not here."""
+    from corral.controller.ray_launcher import RayLauncher
+
+    spec = str(args.launcher)
+    if spec == "ray":
+        address = os.environ.get("RAY_ADDRESS", "").strip()
+        if not address:
+            raise ConfigError("--launcher ray needs the cluster's address: set RAY_ADDRESS, or give --launcher ray://HOST:PORT")
+    elif spec.startswith("ray://") and len(spec) > len("ray://"):
+        address = spec[len("ray://"):]
+    else:
+        raise ConfigError(f"unknown --launcher {spec!r}: use local, ray (with RAY_ADDRESS) or ray://HOST:PORT")
+    if args.launcher_max_instances != 1:
+        raise ConfigError("with --launcher ray every instance has its own worker (its own Ray resources): "
+                          "--launcher-max-instances must be 1")
+    # launched workers run on other machines: they need an address of this controller they can reach
+    host = socket.gethostname() if args.host in ("0.0.0.0", "::") else _reachable_host(args.host)
+    url = (args.launcher_controller_url or f"http://{host}:{args.port}").rstrip("/")
+    return RayLauncher(address, args.ray_namespace, url, _cluster_token(args))
 
 
 def _worker_models(args: argparse.Namespace) -> tuple[ModelSpec, ...]:
@@ -113,6 +160,8 @@ def run_worker(args: argparse.Namespace) -> int:
             runner.fatal,
             lease_ttl=args.lease_ttl,
             drain_timeout=args.drain_timeout,
+            worker_id=args.worker_id,
+            max_instances=max(0, args.max_instances),
         )
     except ConfigError as exc:
         return _fail(exc.message)
@@ -140,6 +189,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     from corral.gateway.router import RouterSettings
     from corral.gateway.service import GatewayService
     from corral.registry.factory import registry_from_url
+    from corral.state.factory import state_from_url
 
     try:
         token = _cluster_token(args)
@@ -147,17 +197,21 @@ def run_gateway(args: argparse.Namespace) -> int:
         server = ServerSettings(
             host=args.host, port=args.port, api_keys=keys, log_level=args.log_level, max_body_bytes=args.max_body_bytes,
             records=args.records, capture_text=args.capture_text,
+            protocols=PROTOCOLS if args.protocols is None else parse_protocols(args.protocols),
         )
         routing = RouterSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout)
         if args.worker_timeout <= 5.0:
             raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
+        registry = registry_from_url(_registry_url(args), token)
+        # virtual keys: a controller serves its own; a shared registry has the state store beside it
+        key_source = registry if args.controller else state_from_url(args.registry)
         service = GatewayService(
-            registry_from_url(_registry_url(args), token), server, token, routing, worker_timeout_s=args.worker_timeout
+            registry, server, token, routing, worker_timeout_s=args.worker_timeout, key_source=key_source,  # type: ignore[arg-type]
         )
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
-    log.info("gateway on http://%s:%d (OpenAI API at /v1)", args.host, args.port)
+    log.info("gateway on http://%s:%d (protocols: %s)", args.host, args.port, ", ".join(server.protocols))
     return Runner().run(service.app, args.host, args.port, args.log_level)
 
 

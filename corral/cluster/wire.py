@@ -3,7 +3,8 @@ embed, in compact JSON.
 
 - ``POST /internal/v1/instances/{id}/generate``: body = ``encode_generation(request)``;
   200 and one JSON object per line: ``{"i": choice, "t": text, "f": finish|null}`` deltas
-  (with ``"c": [[index, id, name, arguments], ...]`` when the delta carries tool calls),
+  (with ``"c": [[index, id, name, arguments], ...]`` when the delta carries tool calls,
+  ``"q": stop`` when a stop string ended the choice),
   then ``{"u": [prompt_tokens, completion_tokens], "s": [spans]}`` (spans only when the
   request carried a trace context); a failure after the first byte is a
   line ``{"error": {...}}``. Deltas only, never cumulative text. A blank line is a
@@ -11,6 +12,8 @@ embed, in compact JSON.
   with ``"stream": false`` gets the same lines in one write.
 - ``POST /internal/v1/instances/{id}/embed``: body = ``encode_embedding(request)``;
   200 and ``{"v": [[...], ...], "u": [prompt_tokens, 0]}``.
+- ``POST /internal/v1/instances/{id}/count_tokens``: body = ``encode_generation(request)``;
+  200 and ``{"n": prompt_tokens}`` (nothing generated).
 - Any error before the first byte: its HTTP status and ``{"error": {message, type,
   param, code}}``; ``error_from_wire`` rebuilds the same ``CorralError`` on the gateway.
 """
@@ -24,6 +27,7 @@ import orjson
 from corral.core.errors import (
     CorralError,
     EngineError,
+    InstanceLost,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -41,7 +45,10 @@ from corral.core.types import (
     GenerationRequest,
     RerankRequest,
     SamplingParams,
+    Tool,
     ToolCall,
+    ToolChoice,
+    ToolMode,
     ToolCallDelta,
     Usage,
 )
@@ -63,6 +70,8 @@ def encode_generation(req: GenerationRequest) -> bytes:
                 "ignore_eos": s.ignore_eos,
                 "presence_penalty": s.presence_penalty,
                 "frequency_penalty": s.frequency_penalty,
+                "top_k": s.top_k,
+                "repetition_penalty": s.repetition_penalty,
             },
             "messages": None if req.messages is None else [_message_out(m) for m in req.messages],
             "prompt": req.prompt,
@@ -71,8 +80,8 @@ def encode_generation(req: GenerationRequest) -> bytes:
             "session": req.session,
             "traceparent": req.traceparent,
             "stream": req.stream,
-            "tools": req.tools,
-            "tool_choice": req.tool_choice,
+            "tools": [[t.name, t.description, t.parameters, t.strict] for t in req.tools],
+            "tool_choice": None if req.tool_choice is None else [req.tool_choice.mode.value, req.tool_choice.name],
             "parallel_tool_calls": req.parallel_tool_calls,
             "response_format": req.response_format,
         }
@@ -96,6 +105,13 @@ def _message_in(m: dict[str, Any]) -> ChatMessage:
     )
 
 
+def _tool_choice_in(value: Any) -> ToolChoice | None:
+    if value is None:
+        return None
+    mode, name = value
+    return ToolChoice(ToolMode(mode), name)
+
+
 def decode_generation(body: bytes) -> GenerationRequest:
     try:
         d = orjson.loads(body)
@@ -113,6 +129,8 @@ def decode_generation(body: bytes) -> GenerationRequest:
                 ignore_eos=bool(s["ignore_eos"]),
                 presence_penalty=float(s["presence_penalty"]),
                 frequency_penalty=float(s["frequency_penalty"]),
+                top_k=int(s.get("top_k", 0)),
+                repetition_penalty=float(s.get("repetition_penalty", 1.0)),
             ),
             messages=None
             if d["messages"] is None
@@ -123,8 +141,8 @@ def decode_generation(body: bytes) -> GenerationRequest:
             session=d.get("session"),
             traceparent=d.get("traceparent"),
             stream=bool(d.get("stream", True)),
-            tools=tuple(d.get("tools") or ()),
-            tool_choice=d.get("tool_choice"),
+            tools=tuple(Tool(str(n), desc, params, strict) for n, desc, params, strict in d.get("tools") or ()),
+            tool_choice=_tool_choice_in(d.get("tool_choice")),
             parallel_tool_calls=d.get("parallel_tool_calls"),
             response_format=d.get("response_format"),
         )
@@ -138,9 +156,13 @@ def encode_item(item: GenerationChunk | GenerationEnd) -> bytes:
             return orjson.dumps({"u": [item.usage.prompt_tokens, item.usage.completion_tokens], "s": item.spans}) + b"\n"
         return b'{"u":[%d,%d]}\n' % (item.usage.prompt_tokens, item.usage.completion_tokens)
     finish = item.finish_reason.value if item.finish_reason is not None else None
-    if item.tool_calls:
-        calls = [[d.index, d.id, d.name, d.arguments] for d in item.tool_calls]
-        return orjson.dumps({"i": item.index, "t": item.text, "f": finish, "c": calls}) + b"\n"
+    if item.tool_calls or item.stop_sequence is not None:
+        out: dict[str, object] = {"i": item.index, "t": item.text, "f": finish}
+        if item.tool_calls:
+            out["c"] = [[d.index, d.id, d.name, d.arguments] for d in item.tool_calls]
+        if item.stop_sequence is not None:
+            out["q"] = item.stop_sequence
+        return orjson.dumps(out) + b"\n"
     return orjson.dumps({"i": item.index, "t": item.text, "f": finish}) + b"\n"
 
 
@@ -150,7 +172,7 @@ def decode_item(line: bytes) -> GenerationChunk | GenerationEnd:
     if "t" in d:
         finish = d["f"]
         calls = tuple(ToolCallDelta(i, id_, name, args) for i, id_, name, args in d.get("c", ()))
-        return GenerationChunk(d["i"], d["t"], FinishReason(finish) if finish is not None else None, calls)
+        return GenerationChunk(d["i"], d["t"], FinishReason(finish) if finish is not None else None, calls, d.get("q"))
     if "u" in d:
         return GenerationEnd(Usage(d["u"][0], d["u"][1]), tuple(d.get("s", ())))
     if "error" in d:
@@ -196,7 +218,7 @@ def decode_rerank(body: bytes) -> RerankRequest:
 
 def error_to_wire(exc: CorralError) -> dict[str, Any]:
     error: dict[str, Any] = {
-        "message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code, "status": exc.status
+        "message": exc.message, "kind": exc.kind.value, "param": exc.param, "code": exc.code, "status": exc.status
     }
     if isinstance(exc, Overloaded):
         error["retry_after"] = exc.retry_after
@@ -221,6 +243,8 @@ def error_from_wire(status: int, body: Any) -> CorralError:
     code = err.get("code")
     if status == 404:
         cls: type[CorralError] = ModelNotFound if code == "model_not_found" else NotFound
+    elif code == InstanceLost.code:  # the engine's upstream went away mid-way: retryable elsewhere
+        cls = InstanceLost
     else:
         cls = _BY_STATUS.get(status, EngineError)
     if cls is Overloaded:

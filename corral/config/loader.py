@@ -9,6 +9,7 @@ Only the first problem found (in document order) is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import tomllib
@@ -16,10 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corral.core.errors import ConfigError
-from corral.core.spec import ROUTING_POLICIES, ModelKind, ModelSpec, ServerSettings, Settings
+from corral.core.keys import Limits
+from corral.core.spec import (
+    PROTOCOLS, ROUTING_POLICIES, AutoscalePolicy, ModelKind, ModelSpec, Resources, SamplingDefaults, ServerSettings,
+    Settings,
+)
 from corral.engines.catalog import get_entry
 
 Key = str | int
@@ -30,10 +35,24 @@ _NAME_PATTERN = r"^[A-Za-z0-9._:/-]+$"
 _TOP_KEYS = ("server", "models")
 
 
+class _KeyLimitsTable(BaseModel):
+    """``[server.key_limits]``: the limits of every virtual key that sets none of its own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    rpm: int = Field(0, ge=0, le=10**12)
+    tpm: int = Field(0, ge=0, le=10**12)
+    max_concurrency: int = Field(0, ge=0, le=1_000_000)
+    budget_tokens: int = Field(0, ge=0, le=10**12)
+    budget_requests: int = Field(0, ge=0, le=10**12)
+    budget_period: Literal["day", "month"] | None = None
+
+
 class _ServerTable(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     host: str = ServerSettings.host
+    protocols: list[Literal["openai", "anthropic", "ollama"]] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
     port: int = Field(ServerSettings.port, ge=1, le=65535)
     api_keys: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     max_body_bytes: int = Field(ServerSettings.max_body_bytes, ge=1024)
@@ -42,6 +61,10 @@ class _ServerTable(BaseModel):
     capture_text: bool = False
     redact: list[str] = Field(default_factory=list)
     retention_days: float = Field(30.0, gt=0)
+    records_max_mb: float = Field(ServerSettings.records_max_mb, ge=0)
+    records_max_rows: int = Field(ServerSettings.records_max_rows, ge=0)
+    records_sample: float = Field(ServerSettings.records_sample, gt=0, le=1)
+    key_limits: _KeyLimitsTable | None = None
 
 
 class _ModelTable(BaseModel):
@@ -53,13 +76,87 @@ class _ModelTable(BaseModel):
     kind: Literal["llm", "embedding", "rerank"]
     engine: str = Field(min_length=1)
     source: str = Field(min_length=1)
-    replicas: int = Field(1, ge=1)
+    replicas: int | None = Field(None, ge=0)  # default 1; with autoscale, min_replicas
     routing: Literal[ROUTING_POLICIES] = "power_of_two"  # type: ignore[valid-type]
     weight: float = Field(1.0, gt=0)
     max_concurrency: int = Field(0, ge=0)
 
 
-_MODEL_KEYS = (*_ModelTable.model_fields, "options")
+class AutoscaleTable(BaseModel):
+    """``[models.autoscale]``, also the body of ``PUT /admin/v1/models/NAME/autoscale``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    min_replicas: int = Field(AutoscalePolicy.min_replicas, ge=0, le=1024)
+    max_replicas: int = Field(AutoscalePolicy.max_replicas, ge=1, le=1024)
+    target_in_flight: float = Field(AutoscalePolicy.target_in_flight, gt=0, le=1e6, allow_inf_nan=False)
+    upscale_delay_s: float = Field(AutoscalePolicy.upscale_delay_s, ge=0, le=86400, allow_inf_nan=False)
+    downscale_delay_s: float = Field(AutoscalePolicy.downscale_delay_s, ge=0, le=86400, allow_inf_nan=False)
+    downscale_to_zero_delay_s: float = Field(AutoscalePolicy.downscale_to_zero_delay_s, ge=0, le=30 * 86400, allow_inf_nan=False)
+    target_ttft_p90_s: float | None = Field(None, gt=0, le=3600, allow_inf_nan=False)
+    cold_start_timeout_s: float = Field(AutoscalePolicy.cold_start_timeout_s, gt=0, le=3600, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleTable:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+    def policy(self) -> AutoscalePolicy:
+        return AutoscalePolicy(**self.model_dump())
+
+
+class SamplingTable(BaseModel):
+    """``[models.sampling]``, also ``sampling`` in the admin API's deploy body: what the
+    model samples with when a request leaves a parameter out."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+
+    def defaults(self) -> SamplingDefaults:
+        return SamplingDefaults(temperature=self.temperature, top_p=self.top_p)
+
+
+# bounds of a resources request: generous for real machines, small enough that what is
+# accepted is a number every launcher, JSON and Ray take
+MAX_CPUS, MAX_GPUS, MAX_MEMORY_GB, MAX_CUSTOM = 4096.0, 256.0, 65536.0, 1e6
+_RESOURCE_NAME = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
+# names Ray keeps for itself: asking for them through ``custom`` would bypass the typed keys
+_RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+class ResourcesTable(BaseModel):
+    """``[models.resources]``, also ``resources`` in the admin API's deploy body: what one
+    instance reserves on its node when a launcher places workers by resources."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    num_cpus: float | None = Field(None, ge=0, le=MAX_CPUS, allow_inf_nan=False)
+    num_gpus: float | None = Field(None, ge=0, le=MAX_GPUS, allow_inf_nan=False)
+    memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB, allow_inf_nan=False)
+    custom: dict[str, Annotated[float, Field(gt=0, le=MAX_CUSTOM, allow_inf_nan=False)]] = Field(
+        default_factory=dict, max_length=32
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _names(cls, custom: dict[str, float]) -> dict[str, float]:
+        for name in custom:
+            if not re.match(_RESOURCE_NAME, name):
+                raise ValueError(f"{name[:80]!r} is not a resource name (a letter or _, then letters, digits, _ . : -)")
+            if name in _RESERVED_RESOURCES or name.startswith("node:"):
+                raise ValueError(f"{name!r} is one of Ray's own resources: use num_cpus, num_gpus or memory_gb")
+        return custom
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=self.num_cpus, num_gpus=self.num_gpus, memory_gb=self.memory_gb,
+                         custom=tuple(sorted(self.custom.items())))
+
+
+_MODEL_KEYS = (*_ModelTable.model_fields, "options", "autoscale", "sampling", "resources")
+_SUBTABLES = ("options", "autoscale", "sampling", "resources")
 
 
 class _Problem(Exception):
@@ -117,7 +214,11 @@ def _validate(model: type[_M], table: Mapping[str, Any], prefix: KeyPath) -> _M:
 def _check_model(table: Mapping[str, Any]) -> ModelSpec:
     """All per-model checks on a raw table; paths in problems are relative to the model."""
     _check_keys(table, _MODEL_KEYS, ())
-    model = _validate(_ModelTable, {k: v for k, v in table.items() if k != "options"}, ())
+    model = _validate(_ModelTable, {k: v for k, v in table.items() if k not in _SUBTABLES}, ())
+    autoscale = _check_autoscale(table.get("autoscale"))
+    sampling = _check_sampling(table.get("sampling"))
+    resources = _check_resources(table.get("resources"))
+    replicas = _initial_replicas(model.replicas, autoscale)
     try:
         entry = get_entry(model.engine)
     except ConfigError as exc:
@@ -134,7 +235,56 @@ def _check_model(table: Mapping[str, Any]) -> ModelSpec:
     except Exception as exc:  # a third-party schema that fails to import
         raise _Problem(("engine",), f"cannot load the options schema of engine {entry.name!r}: {exc}") from None
     _validate(schema, options, ("options",))
-    return ModelSpec(kind=kind, options=dict(options), **model.model_dump(exclude={"kind"}))
+    fields = model.model_dump(exclude={"kind", "replicas"})
+    return ModelSpec(kind=kind, options=dict(options), replicas=replicas, autoscale=autoscale, sampling=sampling,
+                     resources=resources, **fields)
+
+
+def _check_resources(raw: Any) -> Resources | None:
+    if raw is None:
+        return None
+    if isinstance(raw, Resources):  # a spec built in code, checked again
+        raw = raw.as_dict()
+    if not isinstance(raw, Mapping):
+        raise _Problem(("resources",), "must be a table ([models.resources])")
+    return _validate(ResourcesTable, raw, ("resources",)).resources()
+
+
+def _check_sampling(raw: Any) -> SamplingDefaults:
+    if raw is None:
+        return SamplingDefaults()
+    if isinstance(raw, SamplingDefaults):  # a spec built in code, checked again
+        raw = {k: v for k, v in dataclasses.asdict(raw).items() if v is not None}
+    if not isinstance(raw, Mapping):
+        raise _Problem(("sampling",), "must be a table ([models.sampling])")
+    return _validate(SamplingTable, raw, ("sampling",)).defaults()
+
+
+def _check_autoscale(raw: Any) -> AutoscalePolicy | None:
+    if raw is None:
+        return None
+    if isinstance(raw, AutoscalePolicy):  # a spec built in code, checked again
+        raw = dataclasses.asdict(raw)
+    if not isinstance(raw, Mapping):
+        raise _Problem(("autoscale",), "must be a table ([models.autoscale])")
+    return _validate(AutoscaleTable, raw, ("autoscale",)).policy()
+
+
+def _initial_replicas(replicas: int | None, autoscale: AutoscalePolicy | None) -> int:
+    """Without a policy: 1 unless given (at least 1). With one: the autoscaler starts
+    from ``replicas`` if given (within min..max), else from ``min_replicas``."""
+    if autoscale is None:
+        if replicas == 0:
+            raise _Problem(("replicas",), "must be at least 1 (0 replicas needs an [models.autoscale] table with min_replicas = 0)")
+        return 1 if replicas is None else replicas
+    if replicas is None:
+        return autoscale.min_replicas
+    if not autoscale.min_replicas <= replicas <= autoscale.max_replicas:
+        raise _Problem(
+            ("replicas",),
+            f"must be within autoscale.min_replicas..max_replicas ({autoscale.min_replicas}..{autoscale.max_replicas})",
+        )
+    return replicas
 
 
 def validate_model_spec(spec: ModelSpec) -> None:
@@ -143,6 +293,11 @@ def validate_model_spec(spec: ModelSpec) -> None:
     table = {"name": spec.name, "kind": kind, "engine": spec.engine, "source": spec.source}
     try:
         extra = {"routing": spec.routing, "weight": spec.weight, "max_concurrency": spec.max_concurrency}
+        if spec.autoscale is not None:
+            extra["autoscale"] = spec.autoscale
+        extra["sampling"] = spec.sampling
+        if spec.resources is not None:
+            extra["resources"] = spec.resources
         _check_model({**table, "replicas": spec.replicas, **extra, "options": spec.options})
     except _Problem as problem:
         text = _render(problem)
@@ -158,6 +313,15 @@ def _check_document(data: Mapping[str, Any]) -> Settings:
     server_kwargs = server.model_dump(exclude_unset=True)
     if "api_keys" in server_kwargs:
         server_kwargs["api_keys"] = tuple(server_kwargs["api_keys"])
+    if server_kwargs.get("key_limits") is not None:
+        server_kwargs["key_limits"] = Limits(**server_kwargs["key_limits"])
+    else:
+        server_kwargs.pop("key_limits", None)
+    if "protocols" in server_kwargs:
+        protocols = server_kwargs["protocols"]
+        if len(set(protocols)) != len(protocols):
+            raise _Problem(("server", "protocols"), "names a protocol twice")
+        server_kwargs["protocols"] = tuple(protocols)
     if "redact" in server_kwargs:
         for i, pattern in enumerate(server_kwargs["redact"]):
             try:

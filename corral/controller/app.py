@@ -16,7 +16,6 @@ from contextlib import AbstractAsyncContextManager
 
 import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -24,11 +23,13 @@ from starlette.routing import Route
 
 from corral.controller.admin import admin_routes
 from corral.controller.manager import Manager
-from corral.core.errors import CorralError, InvalidRequest
+from corral.controller.demand import DemandTable
+from corral.core.demand import demand_from_json
+from corral.core.errors import InvalidRequest
 from corral.core.registry import InstanceRecord, Registry, Synced, WatchItem, record_from_json, record_to_json
-from corral.web.errors import corral_error_handler, http_error_handler, unexpected_error_handler
+from corral.web.errors import catch_unexpected, exception_handlers
 from corral.web.body import read_body
-from corral.web.middleware import ApiKeys, RequestId
+from corral.web.middleware import ApiKeys, LingeringClose, RequestId
 from corral.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def create_controller_app(
     admin_token: str | None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     closing: asyncio.Event | None = None,
+    demand: DemandTable | None = None,
+    extra_routes: list[Route] | None = None,
 ) -> Starlette:
     """``closing`` set ends every watch stream, so gateways keep their views and
     reconnect (to this controller restarted, or another one) instead of waiting."""
@@ -91,9 +94,19 @@ def create_controller_app(
             ttl = float(request.query_params["ttl"])
             address = body.get("address")
             engines = [str(e) for e in body.get("engines", [])]
+            max_instances = max(0, int(body.get("max_instances", 0)))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise InvalidRequest(f"malformed worker heartbeat: {exc}") from None
-        manager.worker_seen(request.path_params["worker_id"], address, engines, ttl)
+        manager.worker_seen(request.path_params["worker_id"], address, engines, ttl, max_instances)
+        return json_response(200, {"ok": True})
+
+    async def gateway_demand(request: Request) -> Response:
+        try:
+            report = demand_from_json(orjson.loads(await read_body(request, 1024 * 1024) or b"{}"))
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+            raise InvalidRequest(f"malformed demand report: {exc}") from None
+        if demand is not None:
+            demand.report(request.path_params["gateway_id"][:128], report)
         return json_response(200, {"ok": True})
 
     return Starlette(
@@ -104,19 +117,19 @@ def create_controller_app(
             Route("/cluster/v1/instances/{instance_id}", remove_instance, methods=["DELETE"]),
             Route("/cluster/v1/watch", watch, methods=["GET"]),
             Route("/cluster/v1/workers/{worker_id}", worker_heartbeat, methods=["PUT"]),
+            Route("/cluster/v1/gateways/{gateway_id}/demand", gateway_demand, methods=["PUT"]),
             Route("/admin/v1/instances", list_instances, methods=["GET"]),
             *admin_routes(manager),
+            *(extra_routes or []),
         ],
         middleware=[
+            Middleware(LingeringClose),  # a 413 is read by the client, not cut by a reset
             Middleware(RequestId),
             Middleware(ApiKeys, keys=(cluster_token,) if cluster_token else (), prefix="/cluster"),
             Middleware(ApiKeys, keys=(admin_token,) if admin_token else (), prefix="/admin"),
+            catch_unexpected(),  # last: sees every route's exception, after the request id is set
         ],
-        exception_handlers={
-            CorralError: corral_error_handler,
-            HTTPException: http_error_handler,
-            Exception: unexpected_error_handler,
-        },
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
 
@@ -146,5 +159,8 @@ async def _watch_lines(registry: Registry, closing: asyncio.Event) -> AsyncItera
     finally:
         closed.cancel()
         if pending is not None:
+            # the generator is running inside this task until it has taken the cancel:
+            # closing it before that raises "asynchronous generator is already running"
             pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
         await events.aclose()  # type: ignore[attr-defined]

@@ -3,7 +3,9 @@
 A reconcile loop compares each deployed spec's replicas with the instances the
 registry shows, starts missing ones on the least busy worker that has the engine,
 drains surplus ones, replaces failed ones (with backoff), and stops instances of models
-no longer deployed. Operations that need ordering (a rolling restart) run as tasks and
+no longer deployed. For each autoscaled model it also keeps a ``standby`` record in the
+registry: not an instance, the sign for gateways that the model exists at zero replicas
+and wakes on demand (``corral.controller.autoscaling`` moves its replicas). Operations that need ordering (a rolling restart) run as tasks and
 hold the model so the loop does not fight them. Every change is an audit event.
 """
 
@@ -17,19 +19,23 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from corral.controller.capacity import JOIN_TIMEOUT_S, Capacity
+from corral.controller.standby import StandbyRecords
+from corral.controller.views import ManagerViews
 from corral.controller.workers import WorkerClient, WorkerInfo
 from corral.core.errors import Conflict, CorralError, ModelNotFound, NotFound, Unavailable
 from corral.core.registry import InstanceRecord, InstanceState, Registry, Synced
-from corral.core.spec import ModelSpec
+from corral.core.spec import AutoscalePolicy, ModelSpec
 from corral.core.state import AuditEvent, StateStore
 from corral.engines.catalog import get_entry
 
 log = logging.getLogger(__name__)
 
 LIVE = (InstanceState.STARTING, InstanceState.READY, InstanceState.OFFLINE)
+LOADS_INTERVAL_S = 1.0  # how often workers' loads are read (the autoscaler's engine signal)
 
 
-class Manager:
+class Manager(ManagerViews):
     def __init__(
         self,
         store: StateStore,
@@ -38,7 +44,11 @@ class Manager:
         mode: str,
         drain_timeout: float = 30.0,
         interval: float = 0.5,
+        capacity: Capacity | None = None,
     ) -> None:
+        self._capacity = capacity  # launches workers when placement finds no room
+        self._retired: set[str] = set()  # launched workers being stopped
+        self._lost: set[str] = set()  # launched workers their launcher found dead: their records are not live
         self._store = store
         self._registry = registry
         self._client_for = client_for
@@ -47,6 +57,7 @@ class Manager:
         self._interval = interval
         self._specs: dict[str, ModelSpec] = {}
         self._specs_loaded = 0.0
+        self._changed_at: dict[str, float] = {}  # model -> when this manager last changed its spec
         self._removed: set[str] = set()  # models stopped through this controller
         self._view: dict[str, InstanceRecord] = {}
         self.workers: dict[str, WorkerInfo] = {}
@@ -54,8 +65,12 @@ class Manager:
         self._stopping: dict[str, float] = {}  # instance id -> when asked
         self._operations: dict[str, str] = {}  # model -> what is going on
         self._backoff: dict[str, tuple[int, float, str]] = {}  # model -> (failures, retry at, last error)
+        self._waiting: dict[str, str] = {}  # model -> what its launcher says about the workers asked for it
+        self._engine_counts: dict[str, tuple[int, int]] = {}  # instance id -> (crashes, restarts) audited
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._standby = StandbyRecords(registry, lease=mode == "cluster")
+        self.decision_view: Callable[[str], dict[str, Any] | None] = lambda name: None  # set by the autoscaler
         self.synced = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -100,25 +115,47 @@ class Manager:
             except TimeoutError:
                 pass
 
-    def worker_seen(self, worker_id: str, address: str | None, engines: list[str], ttl: float | None) -> None:
+    def worker_seen(
+        self, worker_id: str, address: str | None, engines: list[str], ttl: float | None, max_instances: int = 0
+    ) -> None:
+        if worker_id in self._retired:
+            return
         info = self.workers.get(worker_id)
         if info is None:
             log.info("worker %s joined (%s; engines: %s)", worker_id, address, ", ".join(engines) or "none")
-            self.workers[worker_id] = WorkerInfo(worker_id, address, engines, time.monotonic(), ttl)
+            self.workers[worker_id] = WorkerInfo(worker_id, address, engines, time.monotonic(), ttl, max_instances=max_instances)
             self._wake.set()
         else:
             info.address, info.engines, info.seen_at, info.ttl = address, engines, time.monotonic(), ttl
+            info.max_instances = max_instances
 
     async def _refresh_loads(self) -> None:
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(LOADS_INTERVAL_S)
             now = time.monotonic()
             for info in list(self.workers.values()):
                 if info.alive(now):
                     try:
                         info.loads = await self._client_for(info).loads()
+                        await self._audit_engines(info)
                     except CorralError:
                         pass
+
+    async def _audit_engines(self, info: WorkerInfo) -> None:
+        """Engine crashes and in-place restarts the worker reports (counters in its
+        loads) become audit events, as changes this manager did not make."""
+        for instance_id, load in info.loads.items():
+            counts = (int(load.get("crashes_total") or 0), int(load.get("restarts_total") or 0))
+            before = self._engine_counts.get(instance_id, (0, 0))
+            self._engine_counts[instance_id] = counts
+            detail = {"model": load.get("model"), "crashes_total": counts[0], "restarts_total": counts[1]}
+            if counts[0] > before[0]:
+                await self._audit(f"worker:{info.worker_id}", "engine-crash", instance_id, {**detail, "new": counts[0] - before[0]})
+            if counts[1] > before[1]:
+                await self._audit(f"worker:{info.worker_id}", "engine-restart", instance_id, {**detail, "new": counts[1] - before[1]})
+        gone = [i for i in self._engine_counts if i not in self._view]
+        for instance_id in gone:
+            self._engine_counts.pop(instance_id, None)
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -130,7 +167,14 @@ class Manager:
         self._pending = {i: p for i, p in self._pending.items() if now - p[1] < 60}
         self._stopping = {i: t for i, t in self._stopping.items() if now - t < self._drain_timeout + 30}
         if now - self._specs_loaded > 2.0:  # another controller may have changed the store
-            self._specs = {s.name: s for s in await self._store.list_models()}
+            loaded = {s.name: s for s in await self._store.list_models()}
+            for name, at in self._changed_at.items():  # changed here while the store was read: newer
+                if at >= now:
+                    if name in self._specs:
+                        loaded[name] = self._specs[name]
+                    else:
+                        loaded.pop(name, None)
+            self._specs = loaded
             self._specs_loaded = now
         for record in list(self._view.values()):
             # only models this controller removed: an unknown model may belong to a spec it
@@ -140,6 +184,33 @@ class Manager:
         for spec in list(self._specs.values()):
             if spec.name not in self._operations:
                 await self._reconcile_model(spec, now)
+        await self._standby.keep(self._specs, self._view, now)
+        if self._capacity is not None:
+            for worker_id in self._capacity.lost():
+                log.warning("launched worker %s is gone; replacing its instances", worker_id)
+                self.workers.pop(worker_id, None)
+                self._lost.add(worker_id)
+                self._retired.add(worker_id)  # a late heartbeat does not bring it back
+                self._wake.set()
+            self._lost &= {r.worker_id for r in self._view.values()}  # until its records expire
+            busy = {r.worker_id for r in self._view.values()} | {w for _, _, w in self._pending.values()}
+            for worker_id in self._capacity.stop_idle(self.workers, busy):
+                self.workers.pop(worker_id, None)  # not a place for instances any more
+                self._retired.add(worker_id)  # its heartbeats while it drains do not bring it back
+
+    def engine_demand(self) -> dict[str, tuple[int, int]]:
+        """Per model: (requests in flight and queued at its engines, ready instances), as
+        the workers last reported."""
+        out: dict[str, tuple[int, int]] = {}
+        for record in self._view.values():
+            if record.state is InstanceState.STANDBY:
+                continue
+            worker = self.workers.get(record.worker_id)
+            load = worker.loads.get(record.instance_id, {}) if worker is not None else {}
+            busy = int(load.get("in_flight") or 0) + int(load.get("queued") or 0)
+            demand, ready = out.get(record.model, (0, 0))
+            out[record.model] = (demand + busy, ready + (record.state is InstanceState.READY))
+        return out
 
     async def _reconcile_model(self, spec: ModelSpec, now: float) -> None:
         records = self._instances(spec.name)
@@ -150,15 +221,21 @@ class Manager:
                 self._backoff[spec.name] = (failures + 1, now + delay, record.last_error or "failed")
                 log.warning("instance %s of %s failed (%s); retrying in %.0fs", record.instance_id, spec.name, record.last_error, delay)
                 await self._stop(record, "failed")
-        live = [r for r in records if r.state in LIVE and r.instance_id not in self._stopping]
+                detail = {"model": spec.name, "error": record.last_error, "replace_in_s": delay}
+                try:
+                    await self._audit("manager", "instance-failed", record.instance_id, detail)
+                except CorralError as exc:  # the store being down must not stop the replacement
+                    log.warning("could not audit the failure of %s: %s", record.instance_id, exc.message)
+        live = [r for r in records if r.state in LIVE and r.instance_id not in self._stopping and r.worker_id not in self._lost]
         pending = [i for i, (m, _, _) in self._pending.items() if m == spec.name and i not in self._view]
         missing = spec.replicas - len(live) - len(pending)
         if missing > 0:
             _, retry_at, _ = self._backoff.get(spec.name, (0, 0.0, ""))
             if now < retry_at:
                 return
-            for _ in range(missing):
+            for placed in range(missing):
                 if not await self._start_one(spec):
+                    await self._ask_for_capacity(spec, missing - placed)
                     break
         elif missing < 0:
             # surplus: starting and offline ones go first, then the newest
@@ -168,29 +245,59 @@ class Manager:
                 await self._stop(record, "scale down")
         if sum(1 for r in live if r.state is InstanceState.READY) >= spec.replicas:
             self._backoff.pop(spec.name, None)
+            self._waiting.pop(spec.name, None)
+
+    def _fits(self, spec: ModelSpec) -> Callable[[WorkerInfo], bool]:
+        """Whether a worker may host ``spec`` beyond its engine: with a launcher that places
+        by resources, a worker it launched hosts only models of the shape it reserved for,
+        and a worker started by hand only models that reserve nothing."""
+        if self._capacity is None or not self._capacity.launcher.places_by_resources:
+            return lambda w: True
+        want, shapes = self._capacity.shape_for(spec), self._capacity.shapes()
+        return lambda w: shapes[w.worker_id] == want if w.worker_id in shapes else spec.resources is None
 
     def _pick_worker(self, spec: ModelSpec) -> WorkerInfo | None:
+        """The live worker with the engine and room that has the fewest instances of
+        this model, then the fewest overall (pending starts counted)."""
         now = time.monotonic()
-        able = [w for w in self.workers.values() if w.alive(now) and spec.engine in w.engines]
-        if not able:
-            return None
+        fits = self._fits(spec)
 
         def load(w: WorkerInfo) -> tuple[int, int]:
-            """(instances of this model, all instances) on ``w``, counting pending starts."""
             models = [r.model for r in self._view.values() if r.worker_id == w.worker_id and r.state in LIVE]
             models += [m for i, (m, _, wid) in self._pending.items() if wid == w.worker_id and i not in self._view]
             return (models.count(spec.name), len(models))
 
-        return min(able, key=load)
+        able = [w for w in self.workers.values() if w.alive(now) and spec.engine in w.engines and fits(w)]
+        able = [w for w in able if not w.max_instances or load(w)[1] < w.max_instances]
+        return min(able, key=load) if able else None
+
+    def _can_launch(self, spec: ModelSpec) -> bool:
+        return self._capacity is not None and self._capacity.can_launch(self._capacity.shape_for(spec))
+
+    async def _ask_for_capacity(self, spec: ModelSpec, instances: int) -> None:
+        if self._capacity is None or not self._can_launch(spec):
+            return  # _start_one said why (no worker has the engine, or every one is full)
+        try:
+            message = await self._capacity.ensure(self._capacity.shape_for(spec), instances, self.workers)
+        except (OSError, CorralError) as exc:
+            message = f"cannot launch a worker: {getattr(exc, 'message', exc)}"
+            log.error("%s: %s", spec.name, message)
+        self._backoff.pop(spec.name, None)  # not a failure to retry: the launcher's word says what is going on
+        self._waiting[spec.name] = message
 
     async def _start_one(self, spec: ModelSpec) -> str | None:
         worker = self._pick_worker(spec)
         if worker is None:
-            try:
-                hint = f": {get_entry(spec.engine).install_hint()} on a worker"
-            except CorralError:
-                hint = ""
-            self._backoff[spec.name] = (0, 0.0, f"no worker has the {spec.engine} engine installed{hint}")
+            now = time.monotonic()
+            if any(w.alive(now) and spec.engine in w.engines for w in self.workers.values()):
+                why = f"every worker with the {spec.engine} engine is at its max_instances"
+            else:
+                try:
+                    hint = f": {get_entry(spec.engine).install_hint()} on a worker"
+                except CorralError:
+                    hint = ""
+                why = f"no worker has the {spec.engine} engine installed{hint}"
+            self._backoff[spec.name] = (0, 0.0, why)
             return None
         instance_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self._pending[instance_id] = (spec.name, time.monotonic(), worker.worker_id)
@@ -219,6 +326,10 @@ class Manager:
 
     # -- operations (the admin API) ----------------------------------------------------
 
+    def deployed(self) -> list[ModelSpec]:
+        """The desired state as this manager last read or changed it."""
+        return list(self._specs.values())
+
     def spec(self, name: str) -> ModelSpec:
         spec = self._specs.get(name)
         if spec is None:
@@ -233,6 +344,7 @@ class Manager:
     async def _save(self, spec: ModelSpec) -> None:
         await self._store.put_model(spec)
         self._specs[spec.name] = spec
+        self._changed_at[spec.name] = time.monotonic()
         self._wake.set()
 
     async def deploy(self, spec: ModelSpec, actor: str) -> ModelSpec:
@@ -247,15 +359,29 @@ class Manager:
         self.spec(name)
         await self._store.delete_model(name)
         self._specs.pop(name, None)
+        self._changed_at[name] = time.monotonic()
         self._removed.add(name)
         self._operations.pop(name, None)
         self._wake.set()
         await self._audit(actor, "stop", name)
 
-    async def scale(self, name: str, replicas: int, actor: str) -> ModelSpec:
+    async def scale(self, name: str, replicas: int, actor: str, detail: dict[str, Any] | None = None) -> ModelSpec:
         spec = dataclasses.replace(self.spec(name), replicas=replicas)
         await self._save(spec)
-        await self._audit(actor, "scale", name, {"replicas": replicas})
+        await self._audit(actor, "scale", name, {"replicas": replicas, **(detail or {})})
+        return spec
+
+    async def set_autoscale(self, name: str, policy: AutoscalePolicy | None, actor: str) -> ModelSpec:
+        """Turn autoscaling on (or change its policy) or, with None, off: the model then
+        keeps its current replica count."""
+        spec = self.spec(name)
+        replicas = spec.replicas
+        if policy is not None:
+            replicas = min(max(replicas, policy.min_replicas), policy.max_replicas)
+        spec = dataclasses.replace(spec, autoscale=policy, replicas=replicas)
+        await self._save(spec)
+        detail = dataclasses.asdict(policy) if policy is not None else {"off": True}
+        await self._audit(actor, "autoscale", name, detail)
         return spec
 
     async def update(self, name: str, actor: str, **changes: Any) -> ModelSpec:
@@ -303,7 +429,7 @@ class Manager:
         try:
             for i, record in enumerate(old, 1):
                 self._operations[spec.name] = f"restarting {i}/{len(old)}"
-                new_id = await self._start_one(self._specs.get(spec.name, spec))
+                new_id = await self._start_replacement(self._specs.get(spec.name, spec))
                 if new_id is None:
                     raise CorralError(f"no worker could start a replacement for {record.instance_id}")
                 await self._wait(lambda: self._state(new_id) in (InstanceState.READY, InstanceState.OFFLINE, InstanceState.FAILED), 600)
@@ -316,6 +442,18 @@ class Manager:
         finally:
             self._operations.pop(spec.name, None)
             self._wake.set()
+
+    async def _start_replacement(self, spec: ModelSpec) -> str | None:
+        """Start one more instance; when no worker has room and a launcher can add one,
+        ask it (the reconcile loop leaves a model under an operation alone) and wait for
+        the worker to join."""
+        new_id = await self._start_one(spec)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while new_id is None and self._can_launch(spec) and time.monotonic() < deadline:
+            await self._ask_for_capacity(spec, 1)
+            await asyncio.sleep(self._interval)
+            new_id = await self._start_one(spec)
+        return new_id
 
     def _state(self, instance_id: str) -> InstanceState | None:
         record = self._view.get(instance_id)
@@ -330,76 +468,3 @@ class Manager:
 
     async def audit(self, limit: int) -> list[AuditEvent]:
         return await self._store.audit(limit)
-
-    # -- views -------------------------------------------------------------------------
-
-    def _instance_view(self, r: InstanceRecord) -> dict[str, Any]:
-        worker = self.workers.get(r.worker_id)
-        load = worker.loads.get(r.instance_id, {}) if worker is not None else {}
-        return {
-            "id": r.instance_id,
-            "worker_id": r.worker_id,
-            "address": r.address,
-            "state": r.state.value,
-            "in_flight": load.get("in_flight"),
-            "queued": load.get("queued"),
-            "uptime_s": round(time.time() - r.started_at, 1) if r.started_at else None,
-            "last_error": r.last_error,
-        }
-
-    def model_view(self, name: str) -> dict[str, Any]:
-        records = [r for r in self._view.values() if r.model == name]
-        spec = self._specs.get(name)
-        operation = self._operations.get(name)
-        if operation is None and name in self._backoff:
-            operation = f"retrying: {self._backoff[name][2]}"
-        if spec is None:
-            if not records:
-                raise ModelNotFound(f"no model named {name!r}", param="name")
-            first = records[0]
-            base: dict[str, Any] = {
-                "name": name, "kind": first.kind.value, "engine": first.engine, "source": None, "options": {},
-                "routing": first.routing, "replicas": len(records), "managed": False,
-            }
-        else:
-            base = {
-                "name": name, "kind": spec.kind.value, "engine": spec.engine, "source": spec.source,
-                "options": _redacted(spec.options), "routing": spec.routing, "replicas": spec.replicas, "managed": True,
-                "offline": spec.offline,
-            }
-        return {
-            **base,
-            "ready": sum(1 for r in records if r.state is InstanceState.READY),
-            "operation": operation,
-            "instances": [self._instance_view(r) for r in sorted(records, key=lambda r: r.started_at)],
-        }
-
-    def models_view(self) -> list[dict[str, Any]]:
-        names = set(self._specs) | {r.model for r in self._view.values()}
-        return [self.model_view(n) for n in sorted(names)]
-
-    def workers_view(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        return [
-            {
-                "id": w.worker_id,
-                "address": w.address,
-                "engines": w.engines,
-                "instances": sum(1 for r in self._view.values() if r.worker_id == w.worker_id),
-                "last_seen_s": round(now - w.seen_at, 1),
-                "alive": w.alive(now),
-            }
-            for w in sorted(self.workers.values(), key=lambda w: w.worker_id)
-        ]
-
-
-_SECRET_WORDS = ("key", "token", "secret", "password")
-
-
-def _redacted(options: dict[str, Any]) -> dict[str, Any]:
-    """Engine options as the admin API shows them: values of secret-looking keys hidden
-    (``api_key_env`` names a variable, not a secret, and stays)."""
-    return {
-        k: "***" if any(w in k.lower() for w in _SECRET_WORDS) and not k.lower().endswith("_env") else v
-        for k, v in options.items()
-    }

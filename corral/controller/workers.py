@@ -22,6 +22,7 @@ class WorkerInfo:
     seen_at: float  # time.monotonic() of the last heartbeat
     ttl: float | None  # None: never expires (the standalone process's own worker)
     loads: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance id -> in_flight, queued
+    max_instances: int = 0  # instances it takes; 0: no limit
 
     def alive(self, now: float) -> bool:
         return self.ttl is None or now - self.seen_at <= self.ttl

@@ -63,6 +63,16 @@ class Rerank(Protocol):
 
 
 @runtime_checkable
+class TokenCounting(Protocol):
+    """A ``TextGeneration`` engine that counts the prompt tokens of a request without
+    generating: the count ``generate`` would report as ``prompt_tokens`` (chat template
+    applied), and the same refusals for a prompt it could not take. Cheap (tokenizing
+    only), so gateways can answer token-count APIs (Anthropic's ``count_tokens``)."""
+
+    async def count_tokens(self, request: GenerationRequest) -> int: ...
+
+
+@runtime_checkable
 class ToolCalling(Protocol):
     """A ``TextGeneration`` engine whose ``generate`` honours ``request.tools``,
     ``tool_choice``, ``parallel_tool_calls`` and tool turns in the history, and streams

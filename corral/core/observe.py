@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from corral.core.keys import Grant
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +23,9 @@ MAX_GAPS = 1024  # inter-token gaps kept per request
 @dataclass
 class RequestEvent:
     request_id: str
-    route: str  # chat | completion | embedding
+    route: str  # chat | completion | embedding | rerank | messages | responses ...
     started_at: float  # unix seconds
+    protocol: str = "openai"  # the service protocol the client spoke (openai, anthropic, ollama)
     model: str | None = None
     api_key_id: str | None = None  # a short hash of the caller's key, never the key
     params: dict[str, Any] = field(default_factory=dict)  # sampling parameters as sent
@@ -38,12 +42,18 @@ class RequestEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retries: int = 0
+    queue_wait_s: float | None = None  # waiting in the gateway for an instance's free slot
+    routing: str | None = None  # the balancing policy that chose the instance
+    finish_reasons: list[str] = field(default_factory=list)  # one per choice, as the engine ended it
     prompt_text: str | None = None  # only when capture is enabled
     completion_text: str | None = None  # only when capture is enabled
     trace_id: str | None = None
     span_id: str | None = None  # the gateway's span for this request
     parent_span_id: str | None = None  # the caller's span, from its traceparent header
+    parent_sampled: bool | None = None  # the caller's sampled flag; None without a traceparent
     spans: list[dict[str, Any]] = field(default_factory=list)  # child spans reported by workers/engines
+    grant: Grant | None = None  # what the caller's key may do (its models, its limits)
+    settle: Callable[[int], None] | None = None  # at the end: the tokens used, to the key's limits
     clock_start: float = 0.0  # time.perf_counter() at the start, for the latency
     finished: bool = False
 

@@ -24,6 +24,7 @@ class InstanceState(str, Enum):
     DRAINING = "draining"
     OFFLINE = "offline"
     FAILED = "failed"
+    STANDBY = "standby"  # not an instance: an autoscaled model at zero that wakes on demand
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class InstanceRecord:
     weight: float = 1.0  # for weighted policies
     max_concurrency: int = 0  # gateway-side limit of requests in flight to this instance; 0: none
     managed: bool = False  # started by the controller (vs. a worker's own config file)
+    cold_start_timeout_s: float = 0.0  # STANDBY records: how long gateways hold a request while it wakes
+    # the model's sampling defaults ((name, value) pairs), applied by gateways to what a request leaves out
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 def record_to_json(record: InstanceRecord) -> str:
@@ -57,6 +61,7 @@ def record_from_json(text: str | bytes) -> InstanceRecord:
     data["kind"] = ModelKind(data["kind"])
     data["state"] = InstanceState(data["state"])
     data["capabilities"] = frozenset(data.get("capabilities", ()))
+    data["sampling"] = tuple((str(k), float(v)) for k, v in data.get("sampling", ()))
     known = InstanceRecord.__dataclass_fields__
     return InstanceRecord(**{k: v for k, v in data.items() if k in known})
 
@@ -115,4 +120,8 @@ class WorkerDirectory(Protocol):
     """Optional capability of a registry served by a controller: workers announce
     themselves so the controller can place instances on them."""
 
-    async def announce_worker(self, worker_id: str, address: str | None, engines: list[str], ttl: float) -> None: ...
+    async def announce_worker(
+        self, worker_id: str, address: str | None, engines: list[str], ttl: float, max_instances: int = 0
+    ) -> None:
+        """``max_instances``: how many instances the worker takes (0: no limit)."""
+        ...

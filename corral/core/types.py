@@ -8,13 +8,14 @@ engine change.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from enum import Enum
 
 
 TOOLS = "tools"  # capability names, as instance records list them
 RESPONSE_FORMAT = "response_format"
+COUNT_TOKENS = "count_tokens"  # the engine counts a prompt's tokens without generating
 
 
 class FinishReason(str, Enum):
@@ -26,6 +27,29 @@ class FinishReason(str, Enum):
 
 
 JSONObject = dict[str, Any]  # JSON passed through as the client wrote it (tool schemas)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call (every protocol's function tool)."""
+
+    name: str
+    description: str | None = None
+    parameters: JSONObject | None = None  # JSON Schema of the arguments, as the client wrote it
+    strict: bool | None = None  # OpenAI's strict schema adherence; None: not asked
+
+
+class ToolMode(str, Enum):
+    AUTO = "auto"  # the model decides
+    NONE = "none"  # no tool call
+    REQUIRED = "required"  # at least one call, any tool
+    NAMED = "named"  # a call of the tool ``ToolChoice.name``
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolMode
+    name: str | None = None  # with NAMED
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,16 @@ class SamplingParams:
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int = 0  # sample among the k most likely tokens; 0: off (Anthropic, Ollama)
+    repetition_penalty: float = 1.0  # CTRL's multiplicative penalty on seen tokens; 1: off (Ollama's repeat_penalty)
+    # parameters the client left out (holding the API's default): a model's sampling
+    # defaults replace them (``with_defaults``) once the gateway knows the instance
+    unset: frozenset[str] = frozenset()
+
+    def with_defaults(self, defaults: tuple[tuple[str, float], ...]) -> SamplingParams:
+        """These parameters with the model's ``defaults`` in place of those left out."""
+        chosen = {k: v for k, v in defaults if k in self.unset}
+        return replace(self, unset=self.unset - chosen.keys(), **chosen) if chosen else self
 
 
 @dataclass(frozen=True)
@@ -93,9 +127,9 @@ class GenerationRequest:
     # Structured output, passed through to engines that declare the capability
     # (``corral.core.engine.ToolCalling`` / ``StructuredOutput``); the router refuses
     # the request for models whose engine does not.
-    tools: tuple[JSONObject, ...] = ()
-    tool_choice: str | JSONObject | None = None
-    parallel_tool_calls: bool | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: the engine's default (auto)
+    parallel_tool_calls: bool | None = None  # False: at most one call per turn
     response_format: JSONObject | None = None  # json_object or json_schema; None for text
 
     @functools.cached_property
@@ -135,6 +169,9 @@ class GenerationChunk:
     text: str
     finish_reason: FinishReason | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    # with finish reason STOP: the stop string that ended the choice, when the engine
+    # knows (Anthropic's stop_reason "stop_sequence"); None: end of sequence, or unknown
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ point resolves to an ``EngineEntry``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ class EngineEntry:
     factory: str  # "module:callable" taking (spec, options) and returning an Engine
     requires: tuple[str, ...]  # importable module names of the optional dependency
     extra: str  # the pip extra that installs them; "" if corral's own dependencies do (built in)
+    # the engine loads one .gguf file: its factory gets the spec with ``source`` resolved to
+    # that file's path (``sources.resolve_gguf``: a path, a folder, package:MODULE)
+    gguf_source: bool = False
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
@@ -52,6 +56,10 @@ class EngineEntry:
                 f"{self.install_hint()}"
             )
         options = self.options_model().model_validate(spec.options)
+        if self.gguf_source:
+            from corral.engines.sources import resolve_gguf
+
+            spec = dataclasses.replace(spec, source=str(resolve_gguf(spec.source)))
         return _load(self.factory)(spec, options)
 
 
@@ -89,6 +97,7 @@ BUILTIN: tuple[EngineEntry, ...] = (
         factory="corral.engines.llamacpp.engine:LlamaCppEngine",
         requires=("llama_cpp",),
         extra="llamacpp",
+        gguf_source=True,
     ),
     EngineEntry(
         name="vllm",

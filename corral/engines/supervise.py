@@ -15,6 +15,12 @@ llama.cpp decode thread) share this policy instead of each inventing one:
   take a model down by being retried (by the client, or by the gateway's failover).
 
 Thread-safe: ``crashed`` is called from the engine's thread, ``admit`` on the event loop.
+
+``SupervisedLoop`` is the glue every such engine needs between its ``WorkerThread`` and
+its ``LoopSupervisor``: what to fail, with which error, and when to give up. An engine
+gives it three hooks (the work in flight when a step raised, the queued work when it
+gives up, how to fail a piece of work) and, when its loop needs one, a ``renew`` that
+rebuilds its state before the loop runs again.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from corral.core.errors import InvalidRequest
+from corral.core.errors import CorralError, EngineError, InstanceLost, InvalidRequest
 from corral.core.types import GenerationRequest
+from corral.engines.sync import WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +133,84 @@ class LoopSupervisor:
     def restarted(self) -> None:
         with self._lock:
             self.restarts_total += 1
+
+
+class Served(Protocol):
+    """A piece of work a loop serves (a sequence, a request): what the supervisor needs."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+W = TypeVar("W", bound=Served)
+
+
+@dataclass(frozen=True)
+class LoopHooks(Generic[W]):
+    abandon: Callable[[], Sequence[W]]  # a step raised: drop the batch, return its unfinished work
+    drain: Callable[[], Sequence[W]]  # giving up (or stopping): take no more work, return the queued
+    fail: Callable[[Sequence[W], Callable[[], CorralError]], None]  # answer each with its own error
+    renew: Callable[[], None] | None = None  # before the loop runs again (a fresh KV cache)
+
+
+class SupervisedLoop(Generic[W]):
+    """A ``WorkerThread`` running ``step`` under a ``LoopSupervisor``: a step that raises
+    fails the work of its batch at once (``EngineError``) and the loop restarts in place
+    after the supervisor's backoff; past its budget the queued work gets
+    ``InstanceLost`` (safe to retry elsewhere) and ``failure()`` says why."""
+
+    def __init__(self, name: str, role: str, step: Callable[[], bool], hooks: LoopHooks[W]) -> None:
+        self.name = name
+        self.supervisor = LoopSupervisor(name)
+        self._hooks = hooks
+        self._stopping = False
+        self._thread = WorkerThread(f"{name}-{role}", step, self._on_crash, self._on_restart)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._thread.wake()
+
+    def stop(self) -> bool:
+        """Stop the loop; True when its thread ended (then its state may be touched)."""
+        self._stopping = True
+        self._thread.stop()
+        return not self._thread.alive()
+
+    def admit(self, fp: str, request_id: str) -> None:
+        self.supervisor.admit(fp, request_id)
+
+    def failure(self) -> str | None:
+        if self.supervisor.failure is not None:
+            return self.supervisor.failure
+        if not self._thread.alive() and not self._stopping:
+            return "the engine loop ended"  # a crash or restart handler that failed: never serve silently
+        return None
+
+    # -- on the loop's thread --------------------------------------------------------
+
+    def _on_crash(self, exc: BaseException) -> float | None:
+        victims = self._hooks.abandon()
+        restart = self.supervisor.crashed(exc, [w.fingerprint for w in victims], sorted({w.request_id for w in victims}))
+        crashed = f"model {self.name!r} failed while generating ({type(exc).__name__}); retry shortly"
+        self._hooks.fail(victims, lambda: EngineError(crashed))
+        if restart:
+            return self.supervisor.backoff()
+        gone = f"model {self.name!r} stopped serving: {self.supervisor.failure}"
+        self._hooks.fail(self._hooks.drain(), lambda: InstanceLost(gone))
+        return None
+
+    def _on_restart(self) -> None:
+        if self._hooks.renew is not None:
+            try:
+                self._hooks.renew()
+            except BaseException:  # the loop stays down (failure() says so): nothing queued may hang
+                gone = f"model {self.name!r} stopped serving: its engine could not be restarted"
+                self._hooks.fail(self._hooks.drain(), lambda: InstanceLost(gone))
+                raise
+        self.supervisor.restarted()
+        log.info("model %s: engine loop restarted in place (%d restarts)", self.name, self.supervisor.restarts_total)

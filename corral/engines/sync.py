@@ -7,18 +7,22 @@ Engines built on sync libraries (torch, sentence-transformers, llama.cpp) never 
   slow model load or encode never blocks the event loop nor starves other engines;
 - ``Channel``: a stream of items pushed from a worker thread and awaited on the loop;
 - ``WorkerThread``: a dedicated thread running a step loop (a batcher), woken when
-  work arrives and stopped cleanly.
+  work arrives, restarted in place after a crash when its engine says so, and stopped
+  cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Blocking:
@@ -54,12 +58,26 @@ class Channel(Generic[T]):
 
 class WorkerThread:
     """Runs ``step()`` in a loop on its own thread. ``step`` returns True while it has work;
-    when it returns False the thread sleeps until ``wake()``."""
+    when it returns False the thread sleeps until ``wake()``.
 
-    def __init__(self, name: str, step: Callable[[], bool], on_crash: Callable[[BaseException], None]) -> None:
+    When ``step`` raises, ``on_crash(exc)`` runs on the thread: it fails the work that was
+    in progress (or requests would hang) and returns how many seconds to wait before the
+    loop runs again (a restart in place, announced by ``on_restart``, on the thread too),
+    or None to end the thread. ``stop()`` interrupts that wait.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], bool],
+        on_crash: Callable[[BaseException], float | None],
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
         self._step = step
         self._on_crash = on_crash
+        self._on_restart = on_restart
         self._wake = threading.Event()
+        self._stopped = threading.Event()  # separate from _wake: new work must not cut a backoff short
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"corral-{name}", daemon=True)
 
@@ -71,21 +89,45 @@ class WorkerThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # the engine must learn its loop died, or requests would hang
+                delay = self._crashed(exc)
+            if delay is None or self._stopped.wait(delay) or not self._restarted():
+                return
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            if not self._step():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+
+    def _crashed(self, exc: BaseException) -> float | None:
         try:
-            while not self._stopping:
-                if not self._step():
-                    self._wake.wait(timeout=1.0)
-                    self._wake.clear()
-        except BaseException as exc:  # the engine must learn its loop died, or requests would hang
-            self._on_crash(exc)
+            return self._on_crash(exc)
+        except BaseException:  # a broken handler must not hide the crash: the loop stays down
+            log.exception("the crash handler of %s failed; the loop stays down", self._thread.name)
+            return None
+
+    def _restarted(self) -> bool:
+        try:
+            if self._on_restart is not None:
+                self._on_restart()
+        except BaseException:
+            log.exception("the restart handler of %s failed; the loop stays down", self._thread.name)
+            return False
+        return True
 
 
 # Lazy-loading libraries (transformers, sentence-transformers) are not safe to import

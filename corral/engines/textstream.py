@@ -50,13 +50,14 @@ class IncrementalDetokenizer:
 class StopMatcher:
     """Accumulates generated text and releases only what can no longer be a stop string."""
 
-    __slots__ = ("_stops", "_text", "_released", "stopped")
+    __slots__ = ("_stops", "_text", "_released", "stopped", "matched")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._text = ""
         self._released = 0
         self.stopped = False
+        self.matched: str | None = None  # the stop string that matched (Anthropic reports it)
 
     def feed(self, delta: str) -> str:
         """Add ``delta``; return the text now safe to emit. Sets ``stopped`` on a match;
@@ -71,7 +72,7 @@ class StopMatcher:
         for stop in self._stops:
             pos = self._text.find(stop, start)
             if pos != -1 and (hit == -1 or pos < hit):
-                hit = pos
+                hit, self.matched = pos, stop
         if hit != -1:
             self.stopped = True
             out = self._text[self._released : hit]

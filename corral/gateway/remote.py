@@ -1,7 +1,7 @@
 """The gateway's client for an instance on another worker: implements the engine
 capability protocols over the internal worker protocol (``corral.cluster.wire``).
 
-One pooled keep-alive aiohttp session per gateway (``corral.web.pool``) is shared by
+One pooled keep-alive aiohttp session per gateway (``corral.net.pool``) is shared by
 every remote instance; a connection failure before the response starts raises ``Unreachable`` so the
 pipeline can retry on another instance; closing the stream early closes the connection,
 which the worker sees as a disconnect and cancels the engine's work.
@@ -9,15 +9,15 @@ which the worker sees as a disconnect and cancels the engine's work.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 
 from corral.cluster import wire
-from corral.web.pool import Refused, ResponseLines, TransportError, open_stream
-from corral.core.errors import CorralError, InstanceLost, Unreachable
+from corral.net.pool import Refused, ResponseLines, TransportError, open_stream
+from corral.core.errors import CorralError, InstanceLost, Overloaded, Unreachable
 from corral.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -59,7 +59,7 @@ class RemoteInstance:
         except TransportError as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
         except Refused as refused:
-            raise _error(refused.status, refused.body) from None
+            raise _error(refused.status, refused.body, refused.headers) from None
         items = _Items(lines, self.address)
         try:
             # the worker answers at once; its engine's admission (or refusal: Overloaded,
@@ -82,16 +82,20 @@ class RemoteInstance:
         data = await self._unary("rerank", wire.encode_rerank(request))
         return RerankResult(scores=data["s"], usage=Usage(data["u"][0], 0))
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        data = await self._unary("count_tokens", wire.encode_generation(request))
+        return int(data["n"])
+
     async def _unary(self, action: str, body: bytes) -> Any:
         try:
             # one JSON answer, no keep-alives: no bound on silence (an embedding batch may be long)
             async with self._session.post(f"{self._base}/{action}", data=body, headers=_JSON) as resp:
                 content = await resp.read()
-                status = resp.status
+                status, headers = resp.status, resp.headers
         except TransportError as exc:
             raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
         if status != 200:
-            raise _error(status, content)
+            raise _error(status, content, headers)
         return orjson.loads(content)
 
 
@@ -146,12 +150,17 @@ class _Items:
         await self._lines.aclose()
 
 
-def _error(status: int, body: bytes) -> CorralError:
+def _error(status: int, body: bytes, headers: Mapping[str, str]) -> CorralError:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         parsed = None
     err = wire.error_from_wire(status, parsed)
+    if isinstance(err, Overloaded) and "retry-after" in headers:  # an HTTP error carries it in its header
+        try:
+            err.retry_after = max(err.retry_after, float(headers["retry-after"]))
+        except ValueError:
+            pass
     if status in (401, 403):  # a token mismatch between gateway and worker is the operator's problem
         return Unreachable(f"worker refused the gateway's cluster token (HTTP {status})")
     return err

@@ -5,7 +5,17 @@ It also keeps what the gateway learns by itself: requests in flight per instance
 an EWMA of time to first token, and consecutive failures. An instance that fails
 ``eject_after`` times in a row is ejected for ``eject_for`` seconds (doubling while it
 keeps failing), and an active health check brings it back as soon as it answers.
+Ejection is capped (Envoy's ``max_ejection_percent``): it never leaves a model with
+fewer than half its ready instances in rotation, so never ejects the last one; such an
+instance keeps its traffic, which fails fast with the instance's own error while it is
+down. Only failures count: a refusal for load (``Overloaded``, the gateway's or the
+engine's queue) is not one.
 With ``max_concurrency`` set on a model, requests beyond it wait in a bounded queue.
+
+An autoscaled model has a ``standby`` record (published by its manager, never routed
+to): while it has no ready instance (scaled to zero, or waking), requests wait in the
+same queue, up to the record's ``cold_start_timeout_s``, instead of getting a 503, and
+``on_cold`` tells the autoscaler at once so it need not wait for its next look.
 """
 
 from __future__ import annotations
@@ -17,19 +27,23 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from corral.core.demand import GatewayDemand
 from corral.core.errors import InvalidRequest, ModelNotFound, Overloaded, Unavailable
 from corral.core.registry import InstanceRecord, InstanceState, Registry, Synced
 from corral.core.spec import ModelKind
-from corral.core.types import RESPONSE_FORMAT, TOOLS, GenerationRequest
+from corral.core.types import COUNT_TOKENS, RESPONSE_FORMAT, TOOLS, GenerationRequest
 from corral.gateway.balancers import make_balancer
 
 log = logging.getLogger(__name__)
 
-SERVES = frozenset({"chat", "completion", "embedding", "rerank"})
-_FEATURE_NAMES = {TOOLS: ("tool calling", "tools"), RESPONSE_FORMAT: ("response_format", "response_format")}
+SERVES = frozenset({"chat", "completion", "embedding", "rerank", COUNT_TOKENS})
+_FEATURE_NAMES = {
+    TOOLS: ("tool calling", "tools"), RESPONSE_FORMAT: ("response_format", "response_format"),
+    COUNT_TOKENS: ("counting tokens", "model"),
+}
 
 KIND_SERVES = {
-    ModelKind.LLM: frozenset({"chat", "completion"}),
+    ModelKind.LLM: frozenset({"chat", "completion", COUNT_TOKENS}),
     ModelKind.EMBEDDING: frozenset({"embedding"}),
     ModelKind.RERANK: frozenset({"rerank"}),
 }
@@ -59,6 +73,9 @@ class Target:
 
 Resolver = Callable[[InstanceRecord], object | None]
 HealthCheck = Callable[[Target], Awaitable[bool]]
+TTFT_SAMPLES = 2048  # per model, for the autoscaler's p90
+TTFT_LOOK_BACK_S = 30.0
+ColdHook = Callable[[str], None]  # a request waits for a model with no ready instance
 
 
 @dataclass(frozen=True)
@@ -66,11 +83,13 @@ class RouterSettings:
     eject_after: int = 3
     eject_for: float = 2.0
     eject_max: float = 30.0
+    max_ejection_percent: float = 50.0  # of a model's ready instances ejected at once (never the last one)
     health_interval: float = 1.0
     queue_limit: int = 256  # requests waiting per model when every instance is at max_concurrency
     queue_timeout: float = 30.0
     latency_alpha: float = 0.3
     forget_after: float = 60.0  # a model without instances for this long is unknown (404), before: 503
+    sync_timeout: float = 10.0  # how long a request waits for the registry's first snapshot
 
 
 class Router:
@@ -80,8 +99,10 @@ class Router:
         resolve: Resolver,
         settings: RouterSettings | None = None,
         health_check: HealthCheck | None = None,
+        on_cold: ColdHook | None = None,
     ) -> None:
         self._registry = registry
+        self._on_cold = on_cold
         self._resolve = resolve
         self._settings = settings or RouterSettings()
         self._health_check = health_check
@@ -94,6 +115,7 @@ class Router:
         self.synced = asyncio.Event()
         self.ejections_total: dict[tuple[str, str], int] = {}  # (model, instance) -> times ejected
         self._gone_at: dict[str, float] = {}  # model -> when its last instance disappeared
+        self._ttfts: dict[str, collections.deque[tuple[float, float]]] = {}  # model -> (when, seconds)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow(), name="router-watch"))
@@ -136,6 +158,17 @@ class Router:
         self._by_model = by_model
         self._wake(record.model)
 
+    async def wait_synced(self) -> None:
+        """Return once the view holds the registry's first snapshot. Before it, every
+        model looks unknown: a gateway that has just (re)started would answer 404 for
+        models that exist, so requests wait for it, and get a 503 if it does not come."""
+        if self.synced.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.synced.wait(), self._settings.sync_timeout)
+        except TimeoutError:
+            raise Unavailable("the gateway has not loaded the registry's instances yet; retry shortly") from None
+
     def models(self) -> dict[str, list[InstanceRecord]]:
         return {name: [t.record for t in targets] for name, targets in self._by_model.items()}
 
@@ -143,8 +176,29 @@ class Router:
         """Requests waiting for a free instance, per model."""
         return {model: len(queue) for model, queue in self._queues.items()}
 
+    def cold_waiting(self) -> dict[str, int]:
+        """Requests waiting for an autoscaled model that has no ready instance, per model."""
+        return {m: len(q) for m, q in self._queues.items() if q and self._standby(m) is not None and not self._has_ready(m)}
+
+    def gateway_demand(self) -> dict[str, GatewayDemand]:
+        """This gateway's view of demand per model (``corral.core.demand``)."""
+        cold = self.cold_waiting()
+        models = set(self._queues) | set(self._ttfts)
+        out = {m: GatewayDemand(len(self._queues.get(m, ())), cold.get(m, 0), self.ttft_p90(m)) for m in models}
+        return {m: d for m, d in out.items() if d.waiting or d.ttft_p90_s is not None}
+
+    def _standby(self, model: str) -> InstanceRecord | None:
+        for target in self._by_model.get(model, ()):
+            if target.record.state is InstanceState.STANDBY:
+                return target.record
+        return None
+
+    def _has_ready(self, model: str) -> bool:
+        return any(t.record.state is InstanceState.READY and t.client is not None for t in self._by_model.get(model, ()))
+
     def targets(self, model: str) -> list[Target]:
-        return list(self._by_model.get(model, ()))
+        """The model's instances (its standby record, not being one, left out)."""
+        return [t for t in self._by_model.get(model, ()) if t.record.state is not InstanceState.STANDBY]
 
     # -- choosing ------------------------------------------------------------------------
 
@@ -166,6 +220,8 @@ class Router:
             # what an instance serves is what its engine implements (an llm attached to an
             # upstream that also embeds serves embeddings), as its record says
             capable = [t for t in ready if capability in _serves(t.record)]
+            if not capable and capability == COUNT_TOKENS:  # a chat model whose engine cannot count
+                raise _unsupported(model, ready[0].record.engine, frozenset({COUNT_TOKENS}))
             if not capable:
                 served = ", ".join(sorted(SERVES.intersection(*(_serves(t.record) for t in ready)))) or "nothing"
                 raise InvalidRequest(f"model {model!r} serves {served}, not {capability}", param="model")
@@ -184,6 +240,8 @@ class Router:
                 )
         ready = [t for t in ready if t.instance_id not in exclude]
         healthy = [t for t in ready if t.ejected_until <= now] or ready  # all ejected: try anyway
+        if not healthy and self._standby(model) is not None and not exclude:
+            return [], []  # an autoscaled model waking up: the caller waits for it
         if not healthy:
             states = ", ".join(sorted({t.record.state.value for t in targets})) or "none"
             raise Unavailable(f"model {model!r} has no ready instance (instances: {states}); retry shortly")
@@ -212,6 +270,7 @@ class Router:
         """Pick an instance and count a request in flight on it; ``release`` undoes it.
         While every instance is at its concurrency limit, requests wait in a bounded
         first-come-first-served queue, at most ``queue_timeout`` seconds."""
+        await self.wait_synced()
         exclude = exclude or set()
         needs = request.features() if request is not None else frozenset()
         free, _ = self._routable(model, capability, exclude, needs)  # raises for unknown models: no queue for them
@@ -220,12 +279,23 @@ class Router:
             return self._choose(model, free, request)
         if len(queue) >= self._settings.queue_limit:
             raise Overloaded(f"model {model!r} is at capacity and its queue is full; retry shortly")
-        deadline = time.monotonic() + self._settings.queue_timeout
+        timeout = self._settings.queue_timeout
+        standby = self._standby(model) if not free else None
+        if standby is not None:
+            timeout = max(timeout, standby.cold_start_timeout_s)
+            if self._on_cold is not None:
+                self._on_cold(model)
+        deadline = time.monotonic() + timeout
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(turn)
         try:
             while True:
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and standby is not None and not self._has_ready(model):
+                    raise Unavailable(
+                        f"model {model!r} is scaled to zero and no instance was ready within {timeout:.0f}s"
+                        f"{self._wake_problem(model)}; retry shortly"
+                    )
                 if remaining <= 0:
                     raise Overloaded(
                         f"model {model!r} stayed at capacity for {self._settings.queue_timeout:.0f}s; retry shortly"
@@ -234,6 +304,8 @@ class Router:
                     await asyncio.wait_for(asyncio.shield(turn), remaining)
                 except TimeoutError:
                     continue
+                if standby is not None and (problem := self._load_failure(model)) is not None:
+                    raise Unavailable(f"model {model!r} could not be woken up: {problem}")
                 free, _ = self._routable(model, capability, exclude, needs)
                 if free:
                     return self._choose(model, free, request)
@@ -244,6 +316,19 @@ class Router:
             if turn in queue:
                 queue.remove(turn)
             self._wake(model)  # pass the turn on if there is still room
+
+    def _load_failure(self, model: str) -> str | None:
+        """The error of a waking model whose instances all failed (none ready or starting)."""
+        targets = self._by_model.get(model, ())
+        if any(t.record.state in (InstanceState.READY, InstanceState.STARTING) for t in targets):
+            return None
+        errors = [t.record.last_error or "failed" for t in targets if t.record.state is InstanceState.FAILED]
+        return errors[-1] if errors else None
+
+    def _wake_problem(self, model: str) -> str:
+        """Why a waking model has no ready instance, if its instances say (a load error)."""
+        errors = [t.record.last_error for t in self._by_model.get(model, ()) if t.record.last_error]
+        return f" (last error: {errors[-1]})" if errors else ""
 
     def release(self, target: Target) -> None:
         target.in_flight -= 1
@@ -257,8 +342,16 @@ class Router:
     # -- what the gateway observes ------------------------------------------------------
 
     def observe_ttft(self, target: Target, seconds: float) -> None:
+        samples = self._ttfts.setdefault(target.record.model, collections.deque(maxlen=TTFT_SAMPLES))
+        samples.append((time.monotonic(), seconds))
         a = self._settings.latency_alpha
         target.latency = seconds if target.latency is None else a * seconds + (1 - a) * target.latency
+
+    def ttft_p90(self, model: str, look_back: float = TTFT_LOOK_BACK_S) -> float | None:
+        """Time to first token p90 of the model's requests of the last ``look_back`` seconds."""
+        since = time.monotonic() - look_back
+        recent = sorted(s for at, s in self._ttfts.get(model, ()) if at >= since)
+        return recent[min(len(recent) - 1, int(0.9 * len(recent)))] if recent else None
 
     def succeeded(self, target: Target) -> None:
         if target.failures or target.ejected_until or target.eject_for:
@@ -268,6 +361,14 @@ class Router:
         target.failures += 1
         if target.failures >= self._settings.eject_after:
             s = self._settings
+            if not self._may_eject(target):
+                if target.failures == s.eject_after:  # once per failing streak
+                    log.warning(
+                        "instance %s of %s failed %d times in a row; not ejected: it would leave fewer than "
+                        "%g%% of the model's ready instances in rotation",
+                        target.instance_id, target.record.model, target.failures, 100 - s.max_ejection_percent,
+                    )
+                return
             target.eject_for = min(s.eject_max, target.eject_for * 2 if target.eject_for else s.eject_for)
             target.ejected_until = time.monotonic() + target.eject_for
             key = (target.record.model, target.instance_id)
@@ -276,6 +377,16 @@ class Router:
                 "ejected instance %s of %s for %.0fs after %d failures",
                 target.instance_id, target.record.model, target.eject_for, target.failures,
             )
+
+    def _may_eject(self, target: Target) -> bool:
+        """Whether ejecting ``target`` keeps the others of its model within the cap."""
+        now = time.monotonic()
+        ready = [
+            t for t in self._by_model.get(target.record.model, ())
+            if t.record.state is InstanceState.READY and t.client is not None
+        ]
+        ejected = sum(1 for t in ready if t is not target and t.ejected_until > now)
+        return ejected + 1 <= len(ready) * self._settings.max_ejection_percent / 100
 
     async def _probe_ejected(self) -> None:
         assert self._health_check is not None

@@ -1,8 +1,16 @@
 """A cluster gateway process: the OpenAI API in front of instances on any worker,
-found through a registry (directly, or through a controller)."""
+found through a registry (directly, or through a controller).
+
+A gateway that follows a controller (its registry is a ``DemandSink``) reports what it
+holds per model every second, and at once when a request waits for a model with no
+ready instance, so the controller's autoscaler counts it and wakes a model at zero."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,14 +19,24 @@ import aiohttp
 import httpx
 from starlette.applications import Starlette
 
+from corral.core.demand import DemandSink
+from corral.core.errors import CorralError
+from corral.core.keys import KeySource
 from corral.core.registry import InstanceRecord, InstanceState, Registry
 from corral.core.spec import ServerSettings
 from corral.gateway.app import create_gateway_app
+from corral.gateway.keys import KeyChain, VirtualKeys
 from corral.gateway.remote import RemoteInstance
-from corral.web.client import make_http_client
-from corral.web.pool import PoolSettings, make_session
+from corral.web.middleware import KeySet
+from corral.net.client import make_http_client
+from corral.net.pool import PoolSettings, make_session
 from corral.gateway.router import Router, RouterSettings, Target
-from corral.observe.setup import gateway_observability
+from corral.gateway.observability import gateway_observability
+
+
+log = logging.getLogger(__name__)
+
+DEMAND_REPORT_S = 1.0
 
 
 class GatewayService:
@@ -29,8 +47,12 @@ class GatewayService:
         cluster_token: str | None,
         router_settings: RouterSettings | None = None,
         worker_timeout_s: float = 30.0,
+        key_source: KeySource | None = None,
     ) -> None:
         self._registry = registry
+        # the virtual keys, from the controller (the registry) or the store next to the registry
+        self._key_source = key_source
+        self.virtual_keys = VirtualKeys(key_source, server.key_limits) if key_source is not None else None
         self._http = make_http_client(cluster_token)  # health probes
         self._token = cluster_token
         # longest silence in a started generation stream from a worker: workers send a
@@ -38,11 +60,17 @@ class GatewayService:
         # worker or a partition, which fails the request instead of hanging it
         self._worker_timeout_s = worker_timeout_s
         self._session: aiohttp.ClientSession | None = None  # the hot path to workers, opened in the lifespan
-        self.router = Router(registry, self._resolve, router_settings, health_check=self._probe)
+        self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
+        self._report_now = asyncio.Event()
+        self.router = Router(
+            registry, self._resolve, router_settings, health_check=self._probe, on_cold=lambda m: self._report_now.set()
+        )
         self.observability = gateway_observability(server, self.router, "corral-gateway")
         self.app = create_gateway_app(
             self.router, server, self.readiness, self.lifespan,
             extra_routes=self.observability.routes, tracker=self.observability.tracker,
+            stored_responses=self.observability.stored,
+            keys=KeyChain([KeySet(server.api_keys), self.virtual_keys]) if self.virtual_keys is not None else None,
         )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
@@ -68,14 +96,41 @@ class GatewayService:
         headers = {"authorization": f"Bearer {self._token}"} if self._token else None
         self._session = make_session(PoolSettings(connect_timeout_s=2.0), headers)
         await self.router.start()
+        if self._key_source is not None and self.virtual_keys is not None:
+            if self._key_source is not self._registry:
+                await self._key_source.open()
+            await self.virtual_keys.start()
+        reporting = asyncio.create_task(self._report_demand(), name="demand-reports")
         try:
             yield
         finally:
+            reporting.cancel()
+            if self.virtual_keys is not None and self._key_source is not None:
+                await self.virtual_keys.stop()
+                if self._key_source is not self._registry:
+                    await self._key_source.close()
             await self.router.stop()
             await self.observability.close()
             await self._session.close()
             await self._http.aclose()
             await self._registry.close()
+
+    async def _report_demand(self) -> None:
+        if not isinstance(self._registry, DemandSink):
+            return  # a registry without a controller: nobody autoscales from gateways' queues
+        sent_something = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_now.wait(), DEMAND_REPORT_S)
+            self._report_now.clear()
+            demand = self.router.gateway_demand()
+            if not demand and not sent_something:
+                continue
+            try:
+                await self._registry.report_demand(self.gateway_id, demand)
+                sent_something = bool(demand)
+            except CorralError as exc:  # the controller is away: the next report carries it
+                log.debug("demand report failed: %s", exc.message)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         models: dict[str, Any] = {}

@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from itertools import accumulate
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -31,16 +31,38 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.core.observe import RequestEvent
-from corral.core.registry import InstanceState
+from corral.core.registry import InstanceRecord, InstanceState
 
-if TYPE_CHECKING:
-    from corral.gateway.router import Router
+
+class TargetView(Protocol):
+    """What the gauges read of one of the router's targets."""
+
+    record: InstanceRecord
+    client: object
+    in_flight: int
+    ejected_until: float
+
+    @property
+    def instance_id(self) -> str: ...
+
+
+class Router(Protocol):
+    """What the gauges read of the gateway's router (``corral.gateway.router.Router``),
+    at scrape time; named here so that observing never imports the gateway."""
+
+    ejections_total: dict[tuple[str, str], int]
+
+    def models(self) -> Mapping[str, Any]: ...
+
+    def targets(self, model: str) -> Sequence[TargetView]: ...
+
+    def queued(self) -> Mapping[str, int]: ...
 
 # seconds; LLM requests range from a few ms (embeddings, cached) to minutes (long generations)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 30, 60)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
-STATES = tuple(s.value for s in InstanceState)
+STATES = tuple(s.value for s in InstanceState if s is not InstanceState.STANDBY)  # standby: not an instance
 
 
 class MetricsSource(Protocol):
@@ -104,8 +126,11 @@ class GatewayMetrics(_Base):
         self._router = router
         # auto_describe: a collector registered later with a clashing name fails at once
         self.registry = r = CollectorRegistry(auto_describe=True)
-        labels = ["model", "instance_id", "route", "outcome"]
-        self._requests = Counter("corral_requests_total", "API requests finished, by outcome.", labels, registry=r)
+        labels = ["model", "instance_id", "route", "outcome", "protocol"]
+        self._requests = Counter(
+            "corral_requests_total", "API requests finished, by outcome and the protocol the client spoke.",
+            labels, registry=r,
+        )
         self._duration = Histogram(
             "corral_request_duration_seconds", "Time from request received to response (or stream) end.",
             ["model", "route"], buckets=REQUEST_BUCKETS, registry=r,
@@ -117,13 +142,21 @@ class GatewayMetrics(_Base):
         self._prompt = Counter("corral_prompt_tokens_total", "Prompt tokens processed.", ["model"], registry=r)
         self._completion = Counter("corral_completion_tokens_total", "Tokens generated.", ["model"], registry=r)
         self._retries = Counter("corral_retries_total", "Retries on another instance.", ["model"], registry=r)
+        # per API key: its id (a virtual key's id, a static key's short hash), never the key;
+        # only keys that passed the check get here, so callers cannot invent label values
+        self._key_requests = Counter(
+            "corral_key_requests_total", "API requests finished, per API key and outcome.", ["key_id", "outcome"], registry=r,
+        )
+        self._key_tokens = Counter(
+            "corral_key_tokens_total", "Tokens used per API key (kind: prompt, completion).", ["key_id", "kind"], registry=r,
+        )
         self._gaps: dict[str, _Buckets] = {}
-        self._children: dict[tuple[str, str, str, str], _Children] = {}
+        self._children: dict[tuple[str, str, str, str, str], _Children] = {}
         self._known: set[str] = set()  # models this gateway has served: safe as label values
         r.register(_RouterCollector(router, self._gaps))
 
     def request_finished(self, event: RequestEvent) -> None:
-        key = (self._model_label(event), event.instance_id or "", event.route, event.outcome)
+        key = (self._model_label(event), event.instance_id or "", event.route, event.outcome, event.protocol)
         c = self._children.get(key)
         if c is None:
             c = self._children[key] = self._child(*key)
@@ -140,6 +173,12 @@ class GatewayMetrics(_Base):
             c.completion.inc(event.completion_tokens)
         if event.retries:
             c.retries.inc(event.retries)
+        if event.api_key_id is not None:
+            self._key_requests.labels(event.api_key_id, event.outcome).inc()
+            if event.prompt_tokens:
+                self._key_tokens.labels(event.api_key_id, "prompt").inc(event.prompt_tokens)
+            if event.completion_tokens:
+                self._key_tokens.labels(event.api_key_id, "completion").inc(event.completion_tokens)
 
     def _model_label(self, event: RequestEvent) -> str:
         """The model name, or "" when it may be anything a caller typed (an unknown model
@@ -154,12 +193,12 @@ class GatewayMetrics(_Base):
             return model
         return ""
 
-    def _child(self, model: str, instance: str, route: str, outcome: str) -> _Children:
+    def _child(self, model: str, instance: str, route: str, outcome: str, protocol: str) -> _Children:
         if instance and model:
             self._known.add(model)
         gaps = self._gaps.setdefault(model, _Buckets(TOKEN_GAP_BUCKETS))  # once per label set
         return _Children(
-            self._requests.labels(model, instance, route, outcome),
+            self._requests.labels(model, instance, route, outcome, protocol),
             self._duration.labels(model, route),
             self._ttft.labels(model),
             self._prompt.labels(model),
@@ -219,6 +258,10 @@ class _WorkerCollector:
         queued = GaugeMetricFamily("corral_engine_queued", "Requests waiting inside the engine.", labels=labels)
         completed = CounterMetricFamily("corral_engine_requests_completed_total", "Requests completed.", labels=labels)
         cancelled = CounterMetricFamily("corral_engine_requests_cancelled_total", "Requests cancelled.", labels=labels)
+        crashes = CounterMetricFamily("corral_engine_crashes_total", "Times the engine's serving loop crashed.", labels=labels)
+        restarts = CounterMetricFamily(
+            "corral_engine_restarts_total", "Times the engine's loop was restarted in place after a crash.", labels=labels
+        )
         state = GaugeMetricFamily("corral_instance_state", "1: the current state.", labels=[*labels, "state"])
         load = GaugeMetricFamily("corral_model_load_seconds", "How long the engine took to load.", labels=labels)
         for inst in self._worker.status().get("instances", ()):
@@ -227,12 +270,14 @@ class _WorkerCollector:
             queued.add_metric(ids, inst.get("queued") or 0)
             completed.add_metric(ids, inst.get("completed_total") or 0)
             cancelled.add_metric(ids, inst.get("cancelled_total") or 0)
+            crashes.add_metric(ids, inst.get("crashes_total") or 0)
+            restarts.add_metric(ids, inst.get("restarts_total") or 0)
             current = str(inst.get("state", ""))
             for s in STATES if current in STATES else (*STATES, current):
                 state.add_metric([*ids, s], 1.0 if s == current else 0.0)
             if inst.get("load_seconds") is not None:
                 load.add_metric(ids, inst["load_seconds"])
-        yield from (in_flight, queued, completed, cancelled, state, load)
+        yield from (in_flight, queued, completed, cancelled, crashes, restarts, state, load)
 
 
 def render_all(sources: Iterable[MetricsSource]) -> tuple[bytes, str]:

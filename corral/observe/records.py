@@ -1,18 +1,21 @@
 """Request records: one row per API request in ``corral_requests`` (SQLite file or PostgreSQL).
 
 ``RecordStore`` is an ``Observer``: ``request_finished`` only turns the event into a row
-and puts it on a bounded queue (a full queue drops the row and counts it in
-``dropped_total``); a writer task inserts the rows in batches (up to ``batch_size`` rows or
-``batch_wait_s`` seconds), a retention task deletes rows older than ``retention_days``
-every hour. Writing never fails or slows a request: while the database is down the
-batches are dropped and counted, and the outage is logged once.
+(``corral.observe.records_rows``: client strings capped, unknown models under one label)
+and puts it on a bounded queue; a writer task inserts the rows in batches (up to
+``batch_size`` rows or ``batch_wait_s`` seconds) and, after a write, keeps the store under
+its size bound (``corral.observe.records_bound``); a retention task deletes rows older
+than ``retention_days`` every hour. Writing never fails or slows a request: a row that
+cannot be queued (queue full), encoded or written (database down, disk full) is dropped
+and counted by reason in ``dropped``, and an outage is logged once. Successful requests
+may be sampled (``RecordsLimits.sample``); errors are always kept.
 
 The database work goes through a ``RecordsBackend`` chosen by the URL: ``sqlite:`` URLs
 use the standard library's ``sqlite3`` on one thread (``corral.observe.records_sqlite``),
 so a gateway with the default records file never imports SQLAlchemy (about a third of
 its memory); other URLs (``postgresql:``) use SQLAlchemy
 (``corral.observe.records_sqlalchemy``, imported only then). Both create the one table
-described here by ``COLUMNS``, ``PRIMARY_KEY``, ``NOT_NULL`` and ``INDEXES``.
+described by ``COLUMNS``, ``PRIMARY_KEY``, ``NOT_NULL`` and ``INDEXES``.
 
 Prompt and completion text arrive already cleaned by the gateway's ``Tracker`` (``None``
 unless capture is on, redaction applied). ``params`` and ``spans`` are JSON text.
@@ -22,12 +25,11 @@ unless capture is on, redaction applied). ``params`` and ``spans`` are JSON text
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from dataclasses import replace
 from typing import Annotated, Any, Protocol
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,45 +37,30 @@ from starlette.routing import Route
 
 from corral.core.errors import CorralError, NotFound
 from corral.core.observe import RequestEvent
-from corral.observe.tracing import all_spans
+from corral.observe.contain import clean_or_none
+from corral.observe.records_bound import RecordsLimits, SizeBound, StoreSize
+from corral.observe.records_rows import (  # noqa: F401 -- re-exported: the records' schema and rows
+    COLUMN_NAMES,
+    COLUMNS,
+    INDEXES,
+    NOT_NULL,
+    PRIMARY_KEY,
+    TABLE,
+    Condition,
+    decode_row,
+    event_row,
+    event_values,
+)
 from corral.web.body import read_body
 from corral.web.errors import error_response, from_validation
 from corral.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
-TABLE = "corral_requests"
 RETENTION_EVERY_S = 3600.0
 FLUSH_TIMEOUT_S = 10.0  # how long ``feedback`` waits for queued rows to be written
-
-# The table, in column order (rows travel as tuples in this order). The types are the SQL
-# names SQLAlchemy emitted for this table on SQLite, so files written by either backend
-# (and by earlier versions) have the same schema.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("request_id", "TEXT"),
-    ("time", "DOUBLE"),  # unix seconds when the request arrived
-    ("api_key_id", "TEXT"), ("model", "TEXT"), ("instance_id", "TEXT"), ("engine", "TEXT"),
-    ("worker_id", "TEXT"), ("route", "TEXT"),
-    ("stream", "BOOLEAN"),
-    ("params", "TEXT"),  # JSON object: the sampling parameters as sent
-    ("outcome", "TEXT"), ("http_status", "INTEGER"), ("error", "TEXT"),
-    ("latency_s", "DOUBLE"), ("ttft_s", "DOUBLE"),
-    ("prompt_tokens", "INTEGER"), ("completion_tokens", "INTEGER"), ("retries", "INTEGER"),
-    ("prompt_text", "TEXT"), ("completion_text", "TEXT"),  # only with capture_text, redacted
-    ("trace_id", "TEXT"),
-    ("spans", "TEXT"),  # JSON list of the request's spans, for ``corral trace``
-    ("feedback_rating", "INTEGER"), ("feedback_comment", "TEXT"), ("feedback_time", "DOUBLE"),
-)
-COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
-PRIMARY_KEY = "request_id"
-NOT_NULL = ("time",)
-INDEXES = (("ix_corral_requests_time", "time"), ("ix_corral_requests_model", "model"),
-           ("ix_corral_requests_trace", "trace_id"))
-_JSON_COLUMNS = ("params", "spans")
-_BOOLEAN_COLUMNS = tuple(name for name, kind in COLUMNS if kind == "BOOLEAN")
-
-# A condition of a select: (column, operator, value), the operator "=", ">=" or "<".
-Condition = tuple[str, str, Any]
+OUTAGE_LOG_EVERY_S = 600.0  # a store failing again within this after it recovered is not logged again
+DROP_REASONS = ("queue_full", "store_error", "unencodable")
 
 
 class RecordsBackend(Protocol):
@@ -100,6 +87,12 @@ class RecordsBackend(Protocol):
     async def select(self, where: list[Condition]) -> list[dict[str, Any]]:
         """The rows matching every condition, by ``time`` then ``request_id``, as stored."""
 
+    async def size(self, count_rows: bool) -> StoreSize:
+        """Bytes in use (``None`` when not measured) and rows (exact with ``count_rows``, else estimated)."""
+
+    async def delete_oldest(self, rows: int) -> int:
+        """Delete up to ``rows`` rows with the smallest ``time``; the number deleted."""
+
     async def close(self) -> None:
         """Release connections and threads; the backend may be used again afterwards."""
 
@@ -124,27 +117,6 @@ def default_records_url() -> str:
     return f"sqlite:///{cache_dir() / 'records.db'}"
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
-
-
-def event_values(event: RequestEvent) -> tuple[Any, ...]:
-    """The row stored for a finished request, in ``COLUMNS`` order (a tuple: built on
-    every request, and what the database drivers take)."""
-    return (
-        event.request_id, event.started_at, event.api_key_id, event.model, event.instance_id, event.engine,
-        event.worker_id, event.route, bool(event.stream), _json(event.params or {}), event.outcome,
-        event.http_status, event.error, event.latency_s, event.ttft_s, event.prompt_tokens,
-        event.completion_tokens, event.retries, event.prompt_text, event.completion_text, event.trace_id,
-        _json(all_spans(event)), None, None, None,  # feedback comes later
-    )
-
-
-def event_row(event: RequestEvent) -> dict[str, Any]:
-    """The row stored for a finished request, by column name."""
-    return dict(zip(COLUMN_NAMES, event_values(event), strict=True))
-
-
 class RecordStore:
     """``RecordStore("sqlite:///path/records.db")`` or ``RecordStore("postgresql://...")``.
 
@@ -158,10 +130,17 @@ class RecordStore:
     batch_size = 1000
     batch_wait_s = 0.25
 
-    def __init__(self, url: str, retention_days: float = 30, queue_size: int = 10_000) -> None:
+    def __init__(
+        self, url: str, retention_days: float | None = None, queue_size: int = 10_000,
+        limits: RecordsLimits | None = None,
+    ) -> None:
         self._db = records_backend(url)  # ConfigError for an unsupported URL; no I/O
         self.safe_url = self._db.safe_url  # for messages and logs
-        self.retention_days = retention_days
+        self.limits = limits or RecordsLimits()
+        if retention_days is not None:
+            self.limits = replace(self.limits, retention_days=retention_days)
+        self.retention_days = self.limits.retention_days
+        self.bound = SizeBound(self.limits)
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(queue_size)
         self._progress = asyncio.Condition()
         self._queued = 0  # rows ever put on the queue
@@ -170,8 +149,19 @@ class RecordStore:
         self._retention: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()  # set by close(): the retention task ends between two runs
         self._failing = False
-        self.dropped_total = 0  # rows lost: queue full or database unavailable
+        self._outage_logged_at = -OUTAGE_LOG_EVERY_S  # time.monotonic() of the last outage warning
+        self._outage_warned = False  # the current outage was logged as a warning
+        self._unencodable_logged = False
+        self._bound_failing = False
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)  # rows lost, by reason
+        self.sampled_out_total = 0  # successful requests not recorded under ``limits.sample``
         self.written_total = 0
+        self.pruned_total = 0  # rows deleted by retention (the size bound counts its own)
+
+    @property
+    def dropped_total(self) -> int:
+        """Rows lost: queue full, not encodable, or the database unavailable."""
+        return sum(self.dropped.values())
 
     # -- the server side --
 
@@ -182,21 +172,28 @@ class RecordStore:
         self._stop.clear()
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop(), name="request-records-writer")
-        if self._retention is None and self.retention_days > 0:
+        if self._retention is None and (self.retention_days > 0 or self.bound.active):
             self._retention = loop.create_task(self._retention_loop(), name="request-records-retention")
 
     def request_finished(self, event: RequestEvent) -> None:
         """The ``Observer`` hook: queue the event's row; never blocks, never raises."""
         try:
+            if not self.limits.keeps(str(event.request_id), event.outcome):
+                self.sampled_out_total += 1
+                return
             row = event_values(event)
         except Exception:  # noqa: BLE001 -- an odd event must not fail the request
-            log.exception("request records: cannot record request %s", getattr(event, "request_id", "?"))
-            self.dropped_total += 1
+            self.dropped["unencodable"] += 1
+            if not self._unencodable_logged:  # once: it would be once per request
+                self._unencodable_logged = True
+                log.exception("request records: cannot record request %.128s; dropping such records "
+                              "(counted in corral_records_dropped_total{reason=\"unencodable\"})",
+                              getattr(event, "request_id", "?"))
             return
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
-            self.dropped_total += 1
+            self.dropped["queue_full"] += 1
             return
         self._queued += 1
 
@@ -228,7 +225,13 @@ class RecordStore:
     async def prune(self, now: float | None = None) -> int:
         """Delete the rows older than ``retention_days``; the number deleted."""
         cutoff = (time.time() if now is None else now) - self.retention_days * 86400.0
-        return await self._db.delete_before(cutoff)
+        deleted = await self._db.delete_before(cutoff)
+        self.pruned_total += deleted
+        return deleted
+
+    async def enforce_bound(self) -> int:
+        """Measure the store and delete its oldest rows past the size bound; the number deleted."""
+        return await self.bound.check(self._db)
 
     async def feedback(self, request_id: str, rating: int, comment: str | None) -> bool:
         """Attach feedback to a request's record; ``False`` when no such request is recorded."""
@@ -236,7 +239,7 @@ class RecordStore:
             await self.flush(timeout=FLUSH_TIMEOUT_S)  # its row may still be queued
         except TimeoutError:
             log.warning("request records: feedback for %s before its row was written", request_id)
-        return await self._db.set_feedback(request_id, rating, comment, time.time())
+        return await self._db.set_feedback(request_id, rating, clean_or_none(comment, MAX_COMMENT), time.time())
 
     # -- reading --
 
@@ -262,17 +265,7 @@ class RecordStore:
         return await self._select([("trace_id", "=", trace_id)])
 
     async def _select(self, where: list[Condition]) -> list[dict[str, Any]]:
-        rows = await self._db.select(where)
-        for row in rows:
-            for name in _JSON_COLUMNS:
-                try:
-                    row[name] = json.loads(row[name]) if row[name] else None
-                except ValueError:
-                    row[name] = None
-            for name in _BOOLEAN_COLUMNS:  # SQLite stores 0/1
-                if row[name] is not None:
-                    row[name] = bool(row[name])
-        return rows
+        return [decode_row(row) for row in await self._db.select(where)]
 
     # -- background tasks --
 
@@ -284,13 +277,34 @@ class RecordStore:
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            if self.bound.pending:  # rows not measured yet: measure once the writer is idle
+                try:
+                    first = await asyncio.wait_for(self._queue.get(), self.bound.check_every_s)
+                except TimeoutError:
+                    await self._enforce_bound()
+                    continue
+            else:
+                first = await self._queue.get()
+            batch = [first]
             # gather what arrives in the next moment into the same statement: one sleep
             # per batch, not a timed wait per row (rows come at request rate)
             if self._queue.qsize() < self.batch_size - 1:
                 await asyncio.sleep(self.batch_wait_s)
             batch += self._take(self.batch_size - 1)
             await self._write(batch)
+            if self.bound.due():
+                await self._enforce_bound()
+
+    async def _enforce_bound(self) -> None:
+        try:
+            await self.enforce_bound()
+        except Exception as exc:  # noqa: BLE001 -- the writer goes on; the next check tries again
+            if not self._bound_failing:  # once until a check works again
+                self._bound_failing = True
+                log.warning("request records: could not keep the store under its size bound: %s",
+                            exc.message if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}")
+        else:
+            self._bound_failing = False
 
     async def _write(self, batch: list[tuple[Any, ...]]) -> None:
         """Insert ``batch`` in one transaction; on failure drop and count it (logged once per outage)."""
@@ -299,30 +313,47 @@ class RecordStore:
         try:
             await self._db.insert(batch)
         except Exception as exc:  # noqa: BLE001 -- recording must never fail the server
-            self.dropped_total += len(batch)
+            self.dropped["store_error"] += len(batch)
             if not self._failing:
                 self._failing = True
-                message = exc.message if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
-                log.warning("%s; dropping request records until it works again", message)
+                self._outage(exc, "dropping request records until it works again (counted in "
+                                  "corral_records_dropped_total{reason=\"store_error\"})")
         else:
             self.written_total += len(batch)
+            self.bound.wrote(len(batch))
             if self._failing:
                 self._failing = False
-                log.warning("request records: %s works again (%d rows dropped so far)", self.safe_url,
-                            self.dropped_total)
+                # said once per logged outage: a store that flaps is not logged per flap
+                log.log(logging.WARNING if self._outage_warned else logging.DEBUG,
+                        "request records: %s works again (%d rows dropped so far)", self.safe_url,
+                        self.dropped["store_error"])
+                self._outage_warned = False
         finally:
             self._done += len(batch)
             async with self._progress:
                 self._progress.notify_all()
 
+    def _outage(self, exc: Exception, consequence: str) -> None:
+        """Log a store failure once: a store that keeps failing and recovering (a disk
+        that is full again as soon as a row fits) is logged once per ``OUTAGE_LOG_EVERY_S``."""
+        now = time.monotonic()
+        message = exc.message if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
+        if now - self._outage_logged_at < OUTAGE_LOG_EVERY_S:
+            log.debug("%s; %s", message, consequence)
+            return
+        self._outage_logged_at, self._outage_warned = now, True
+        log.warning("%s; %s", message, consequence)
+
     async def _retention_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                deleted = await self.prune()
+                deleted = await self.prune() if self.limits.retention_days > 0 else 0
                 if deleted:
                     log.info("request records: deleted %d rows older than %g days", deleted, self.retention_days)
             except Exception as exc:  # noqa: BLE001 -- try again next time
                 log.warning("request records: retention failed: %s", getattr(exc, "message", exc))
+            if self.bound.active:  # at start too: a store above a bound lowered since
+                await self._enforce_bound()
             try:
                 await asyncio.wait_for(self._stop.wait(), RETENTION_EVERY_S)
             except TimeoutError:
@@ -332,13 +363,14 @@ class RecordStore:
 # ---------------------------------------------------------------------------- POST /v1/feedback
 
 MAX_FEEDBACK_BYTES = 64 * 1024
+MAX_COMMENT = 10_000
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     request_id: StrictStr = Field(min_length=1, max_length=256)
     rating: Annotated[int, Field(ge=-1, le=5)]
-    comment: StrictStr | None = Field(None, max_length=10_000)
+    comment: StrictStr | None = Field(None, max_length=MAX_COMMENT)
 
 
 def feedback_route(store: RecordStore) -> Route:

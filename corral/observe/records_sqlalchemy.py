@@ -12,11 +12,12 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Double, Index, Integer, MetaData, Table, Text, delete, inspect, select, update
+from sqlalchemy import Boolean, Column, Double, Index, Integer, MetaData, Table, Text, delete, func, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from corral.observe.records import COLUMN_NAMES, COLUMNS, INDEXES, NOT_NULL, PRIMARY_KEY, TABLE, Condition
+from corral.observe.records_bound import StoreSize
+from corral.observe.records_rows import ADDED_COLUMNS, COLUMN_NAMES, COLUMNS, INDEXES, NOT_NULL, PRIMARY_KEY, TABLE, Condition
 from corral.registry.sqlbase import SqlBase
 
 _TYPES = {"TEXT": Text, "DOUBLE": Double, "BOOLEAN": Boolean, "INTEGER": Integer}
@@ -45,6 +46,16 @@ class SqlAlchemyRecords(SqlBase):
 
     async def create(self) -> None:
         await self.open()
+        with self._unavailable("upgrade the schema"):
+            await self._add_columns()
+
+    async def _add_columns(self) -> None:
+        async with self._engine.begin() as conn:
+            present = await conn.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns(TABLE)})
+            for name, kind in ADDED_COLUMNS:
+                if name not in present:  # a table written by an earlier version
+                    exists = " IF NOT EXISTS" if self.dialect == "postgresql" else ""
+                    await conn.execute(text(f"ALTER TABLE {TABLE} ADD COLUMN{exists} {name} {kind}"))
 
     async def insert(self, rows: list[tuple[Any, ...]]) -> None:
         # a request id seen again (a retried event) keeps its first row
@@ -58,6 +69,22 @@ class SqlAlchemyRecords(SqlBase):
         with self._unavailable("delete old request records"):
             async with self._engine.begin() as conn:
                 result = await conn.execute(delete(self._table).where(self._table.c.time < cutoff))
+        return int(result.rowcount or 0)
+
+    async def size(self, count_rows: bool) -> StoreSize:
+        # bytes are not measured: PostgreSQL's relation sizes do not shrink when rows are
+        # deleted (the space is reused after VACUUM), so only a rows bound applies here
+        with self._unavailable("measure request records"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(func.count()).select_from(self._table))).scalar_one()
+        return StoreSize(None, int(rows))
+
+    async def delete_oldest(self, rows: int) -> int:
+        t = self._table
+        oldest = select(t.c.request_id).order_by(t.c.time).limit(rows).scalar_subquery()
+        with self._unavailable("delete the oldest request records"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(delete(t).where(t.c.request_id.in_(oldest)))
         return int(result.rowcount or 0)
 
     async def set_feedback(self, request_id: str, rating: int, comment: str | None, at: float) -> bool:

@@ -6,14 +6,16 @@ without importing SQLAlchemy.
 single-thread executor) holding one connection: the event loop never waits on the file,
 and statements never run concurrently (a writer batch, a prune and a reader's select
 simply queue). The connection is in WAL mode (readers such as ``corral report`` do not
-block the gateway's writes), syncs at checkpoints only (``synchronous=NORMAL``) and waits
-up to ``busy_timeout_ms`` for another process's write lock. The schema is the one
+block the gateway's writes), syncs at checkpoints only (``synchronous=NORMAL``), keeps the
+WAL file at ``wal_limit_bytes`` after a checkpoint and waits up to ``busy_timeout_ms``
+for another process's write lock. ``size`` reads the used pages for the size bound. The schema is the one
 SQLAlchemy created for this table, so files from earlier versions read as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,7 +25,8 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from corral.core.errors import ConfigError, Unavailable
-from corral.observe.records import COLUMN_NAMES, COLUMNS, INDEXES, NOT_NULL, PRIMARY_KEY, TABLE, Condition
+from corral.observe.records_bound import StoreSize
+from corral.observe.records_rows import ADDED_COLUMNS, COLUMN_NAMES, COLUMNS, INDEXES, NOT_NULL, PRIMARY_KEY, TABLE, Condition
 
 T = TypeVar("T")
 
@@ -56,10 +59,22 @@ def sqlite_path(url: str) -> str:
     return str(Path(database).expanduser())
 
 
-class SqliteRecords:
-    """A ``RecordsBackend`` on a SQLite file; no I/O until the first statement."""
+def _hint(exc: BaseException) -> str:
+    """What an error usually means, for the one log line of an outage."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EFBIG):
+        return " (is the disk full, or the file at its size limit?)"
+    return ""
+
+
+class SqliteFile:
+    """One SQLite file worked on from one thread of its own, holding one connection (WAL
+    mode): the part every store on the records file shares (the request records, the
+    Responses API's stored responses). No I/O until the first statement."""
 
     busy_timeout_ms = 5000  # how long a statement waits for another process's write lock
+    wal_limit_bytes = 4 * 1024 * 1024  # the WAL file's size after a checkpoint (about 1,000 pages between two)
+    _what = "request records"  # in messages: "request records database ... unavailable"
 
     def __init__(self, url: str) -> None:
         self._path = sqlite_path(url)
@@ -69,11 +84,82 @@ class SqliteRecords:
         # after close() (a new thread) never touches the previous thread's connection
         self._local = threading.local()
 
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(thread, self._disconnect)
+        finally:
+            thread.shutdown(wait=False)
+
+    # -- on the database thread --
+
+    async def _run(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` as one transaction on the database thread; database
+        failures become ``Unavailable`` naming the file."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="corral-records")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, work)
+        except (sqlite3.Error, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = f"{self._what} database {self.safe_url} unavailable: could not {action}: " \
+                      f"{type(exc).__name__}: {first}{_hint(exc)}"
+            raise Unavailable(message, code="records_unavailable") from exc
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:  # first use, or the previous attempt to connect failed
+            conn = self._local.conn = self._connect()
+        try:
+            result = work(conn)
+            if conn.in_transaction:  # sqlite3 opened one before the first INSERT/UPDATE/DELETE
+                conn.commit()
+            return result
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=self.busy_timeout_ms / 1000)  # timeout: SQLite's busy timeout
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # with WAL, NORMAL syncs at checkpoints, not at every commit: still consistent
+            # after a crash, and commits stop costing an fsync each
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # the write-ahead log is truncated back to this after a checkpoint (by default
+            # it keeps the size of its largest burst): the file's size bound holds on disk
+            conn.execute(f"PRAGMA journal_size_limit={self.wal_limit_bytes}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _disconnect(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+
+class SqliteRecords(SqliteFile):
+    """A ``RecordsBackend`` on a SQLite file; no I/O until the first statement."""
+
     async def create(self) -> None:
         # IF NOT EXISTS: another process opening the same file at the same moment is harmless
         def create(conn: sqlite3.Connection) -> None:
             for statement in (_CREATE_TABLE, *_CREATE_INDEXES):
                 conn.execute(statement)
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+            for name, kind in ADDED_COLUMNS:
+                if name not in present:  # a file written by an earlier version
+                    try:
+                        conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {kind}")
+                    except sqlite3.OperationalError as exc:  # another process added it just now
+                        if "duplicate column" not in str(exc):
+                            raise
 
         await self._run("create the schema", create)
 
@@ -85,6 +171,27 @@ class SqliteRecords:
             return conn.execute(f"DELETE FROM {TABLE} WHERE time < ?", (cutoff,)).rowcount
 
         return await self._run("delete old request records", delete)
+
+    async def size(self, count_rows: bool) -> StoreSize:
+        def measure(conn: sqlite3.Connection) -> StoreSize:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            if count_rows:
+                rows = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+            else:  # rowids grow by one per insert and the oldest go first: two index lookups
+                low, high = conn.execute(f"SELECT min(rowid), max(rowid) FROM {TABLE}").fetchone()
+                rows = 0 if low is None else high - low + 1
+            return StoreSize((pages - free) * page, int(rows))
+
+        return await self._run("measure request records", measure)
+
+    async def delete_oldest(self, rows: int) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            statement = f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} ORDER BY time LIMIT ?)"
+            return conn.execute(statement, (rows,)).rowcount
+
+        return await self._run("delete the oldest request records", delete)
 
     async def set_feedback(self, request_id: str, rating: int, comment: str | None, at: float) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
@@ -117,59 +224,3 @@ class SqliteRecords:
             return [dict(zip(COLUMN_NAMES, row, strict=True)) for row in rows]
 
         return await self._run("read request records", select)
-
-    async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(thread, self._disconnect)
-        finally:
-            thread.shutdown(wait=False)
-
-    # -- on the database thread --
-
-    async def _run(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work(connection)`` as one transaction on the database thread; database
-        failures become ``Unavailable`` naming the file."""
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="corral-records")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, work)
-        except (sqlite3.Error, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            message = f"request records database {self.safe_url} unavailable: could not {action}: " \
-                      f"{type(exc).__name__}: {first}"
-            raise Unavailable(message, code="records_unavailable") from exc
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:  # first use, or the previous attempt to connect failed
-            conn = self._local.conn = self._connect()
-        try:
-            result = work(conn)
-            if conn.in_transaction:  # sqlite3 opened one before the first INSERT/UPDATE/DELETE
-                conn.commit()
-            return result
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=self.busy_timeout_ms / 1000)  # timeout: SQLite's busy timeout
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # with WAL, NORMAL syncs at checkpoints, not at every commit: still consistent
-            # after a crash, and commits stop costing an fsync each
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _disconnect(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()

@@ -18,7 +18,8 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from corral.cli.table import render_table
+from corral.fmt.table import render_table
+from corral.observe.contain import ELLIPSIS, MAX_NAME, clean, recorded_model
 
 Row = dict[str, Any]
 Series = tuple[str, list[tuple[float, float | None]]]  # label, (bucket start, value or None = no data)
@@ -30,6 +31,8 @@ MAX_INSTANCE_BARS = 40
 SLOWEST = 20
 MAX_FAILED = 100
 NONE = "(none)"  # requests refused before a model or instance was known
+MAX_SHOWN = 60  # characters of a name in a heading or chart title
+MAX_CELL = 200  # characters of a table cell (the CSS wraps what is left)
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
           2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400)
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 300, 64, 20, 40, 78
@@ -98,11 +101,28 @@ def _group(rows: Iterable[Row], key: Any) -> dict[Any, list[Row]]:
 
 
 def _model(row: Row) -> str:
-    return row.get("model") or NONE
+    """The model a row is grouped under: ``UNKNOWN_MODEL`` for a model that does not exist
+    (also in rows recorded before the store used that label), the name capped."""
+    model = row.get("model")
+    return recorded_model(str(model) if model else None, row.get("outcome"), row.get("http_status"),
+                          row.get("instance_id")) or NONE
+
+
+def _key(row: Row) -> str:
+    """The API key a row is grouped under: its id (never a secret), ``(none)`` without keys."""
+    key = row.get("api_key_id")
+    return clean(str(key), MAX_NAME) if key else NONE
 
 
 def _instance(row: Row) -> tuple[str, str]:
-    return row.get("instance_id") or NONE, _model(row)
+    instance = row.get("instance_id")
+    return (clean(str(instance), MAX_NAME) if instance else NONE), _model(row)
+
+
+def _short(text: str, limit: int = MAX_SHOWN) -> str:
+    """A name as shown in a heading or chart title: one line, at most ``limit`` characters."""
+    text = "".join(" " if (c < " " or c == "\x7f") else c for c in text[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
 
 
 def bucket_size(span_s: float, buckets: int = 60) -> int:
@@ -183,7 +203,7 @@ def _svg_open(title: str, height: int) -> list[str]:
 def _legend(labels: Sequence[str], y: float) -> list[str]:
     out, x = [], LEFT
     for i, label in enumerate(labels):
-        text = label if len(label) <= 28 else label[:27] + "..."
+        text = _short(label, 28)
         width = 22 + 7 * len(text)
         if x + width > W - RIGHT and x > LEFT:
             x, y = LEFT, y + 16
@@ -250,7 +270,7 @@ def bar_chart(title: str, bars: Sequence[tuple[str, int, int]]) -> str:
     top = _nice_max(max((ok + bad for _, ok, bad in bars), default=0))
     for i, (label, ok, bad) in enumerate(bars):
         y = TOP + 22 * i
-        text = label if len(label) <= 38 else label[:37] + "..."
+        text = _short(label, 38)
         w_ok, w_bad = ok / top * (x1 - x0), bad / top * (x1 - x0)
         out.append(f'<text class="tick" x="{label_x}" y="{y + 14}" text-anchor="end">{escape(text)}</text>'
                    f'<rect class="bar" x="{x0}" y="{y + 3}" width="{w_ok:.1f}" height="15" fill="{COLORS[0]}"/>'
@@ -290,6 +310,7 @@ def build_report(rows: Sequence[Row], since: float, until: float) -> tuple[str, 
     by_instance = _group(rows, _instance)
     model_stats = {name: stats(group) for name, group in by_model.items()}
     instance_stats = {key: stats(group) for key, group in by_instance.items()}
+    key_stats = {key: stats(group) for key, group in sorted(_group(rows, _key).items())}
     total = stats(rows)
     shared = _top_series(by_model)
 
@@ -324,12 +345,13 @@ def build_report(rows: Sequence[Row], since: float, until: float) -> tuple[str, 
     model_sections = []
     for name, group in list(by_model.items())[:MAX_MODEL_CHARTS]:
         model_sections.append(
-            f"<h3>{escape(name)}</h3><div class=\"charts\">"
-            + line_chart(f"Latency of {name} (s)", "seconds", pct_series(group, "latency_s"), since, until)
-            + line_chart(f"Time to first token of {name} (s)", "seconds", pct_series(group, "ttft_s"), since, until)
+            f"<h3>{escape(_short(name))}</h3><div class=\"charts\">"
+            + line_chart(f"Latency of {_short(name)} (s)", "seconds", pct_series(group, "latency_s"), since, until)
+            + line_chart(f"Time to first token of {_short(name)} (s)", "seconds", pct_series(group, "ttft_s"),
+                         since, until)
             + "</div>")
-    html = _page(rows, since, until, total, model_stats, instance_stats, charts, model_sections)
-    return html, _text(rows, since, until, total, model_stats, instance_stats)
+    html = _page(rows, since, until, total, model_stats, instance_stats, charts, model_sections, key_stats)
+    return html, _text(rows, since, until, total, model_stats, instance_stats, key_stats)
 
 
 _STAT_HEADERS = ["requests", "errors", "error %", "cancelled", "p50", "p90", "p99", "TTFT p50", "TTFT p90",
@@ -345,7 +367,7 @@ def _stat_cells(s: Stats) -> list[str]:
 def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: range) -> str:
     """A table; the columns at the indices in ``numeric`` are right-aligned."""
     head = "".join(f"<th{' class=num' if i in numeric else ''}>{escape(h)}</th>" for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{escape(str(c))}</td>"
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{escape(_short(str(c), MAX_CELL))}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
@@ -365,11 +387,13 @@ svg.chart text.title{font-size:14px;font-weight:600;fill:#111827}
 svg.chart .grid{stroke:#e5e7eb}svg.chart .axis{stroke:#6b7280}svg.chart text.empty{fill:#9ca3af;font-size:14px}
 table{border-collapse:collapse;margin:8px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:left}
+td{max-width:28em;overflow-wrap:anywhere}h3{overflow-wrap:anywhere}
 th{background:#f9fafb}.num{text-align:right;font-variant-numeric:tabular-nums}"""
 
 
 def _page(rows: Sequence[Row], since: float, until: float, total: Stats, model_stats: dict[str, Stats],
-          instance_stats: dict[tuple[str, str], Stats], charts: list[str], model_sections: list[str]) -> str:
+          instance_stats: dict[tuple[str, str], Stats], charts: list[str], model_sections: list[str],
+          key_stats: dict[str, Stats]) -> str:
     zone = datetime.fromtimestamp(until).astimezone().strftime("UTC%z")
     slowest = sorted((r for r in rows if r.get("latency_s") is not None), key=lambda r: -r["latency_s"])[:SLOWEST]
     failed = [r for r in reversed(rows) if r.get("outcome") == "error"]
@@ -391,6 +415,8 @@ def _page(rows: Sequence[Row], since: float, until: float, total: Stats, model_s
         "<h2>Instances</h2>",
         _html_table(["instance", "model", *_STAT_HEADERS],
                     ([inst, model, *_stat_cells(s)] for (inst, model), s in instance_stats.items()), range(2, 15)),
+        "<h2>API keys</h2>",
+        _html_table(["key id", *_STAT_HEADERS], ([key, *_stat_cells(s)] for key, s in key_stats.items()), range(1, 14)),
         "<h2>Over time</h2><div class=charts>", *charts, "</div>",
         "<h2>Latency by model</h2>", *model_sections,
         f"<h2>Slowest requests ({len(slowest)})</h2>",
@@ -406,7 +432,7 @@ def _page(rows: Sequence[Row], since: float, until: float, total: Stats, model_s
 
 
 def _text(rows: Sequence[Row], since: float, until: float, total: Stats, model_stats: dict[str, Stats],
-          instance_stats: dict[tuple[str, str], Stats]) -> str:
+          instance_stats: dict[tuple[str, str], Stats], key_stats: dict[str, Stats]) -> str:
     def cells(s: Stats) -> list[str]:
         return [str(s.requests), f"{100 * s.error_rate:.1f}%", *(fmt_s(v) for v in s.latency), fmt_s(s.ttft[0]),
                 fmt_s(s.ttft[1]), f"{fmt_n(s.prompt_tokens)}/{fmt_n(s.completion_tokens)}", _fmt_feedback(s)]
@@ -417,8 +443,9 @@ def _text(rows: Sequence[Row], since: float, until: float, total: Stats, model_s
     instances = render_table(["INSTANCE", "MODEL", *head],
                              [[inst, model, *cells(s)] for (inst, model), s in instance_stats.items()],
                              align=["l", "l", *"rrrrrrrrr"])
+    keys = render_table(["KEY ID", *head], [[key, *cells(s)] for key, s in key_stats.items()], align=["l", *"rrrrrrrrr"])
     lines = [f"{_fmt_time(since)} to {_fmt_time(until)}: {total.requests} requests, {total.errors} errors "
-             f"({100 * total.error_rate:.1f}%), {total.cancelled} cancelled", "", models, "", instances]
+             f"({100 * total.error_rate:.1f}%), {total.cancelled} cancelled", "", models, "", instances, "", keys]
     slowest = max((r for r in rows if r.get("latency_s") is not None), key=lambda r: r["latency_s"], default=None)
     if slowest is not None:
         lines += ["", f"slowest: {fmt_s(slowest['latency_s'])} {slowest.get('request_id')} ({_model(slowest)}, "

@@ -1,5 +1,11 @@
 """In-process registry (standalone mode, and the controller's default store): a dict
-with lease expiry and fan-out to watchers."""
+with lease expiry and fan-out to watchers.
+
+Time this process did not run (SIGSTOP, a paused VM, a stalled event loop) does not
+count against leases: the holders' renewals could not be heard meanwhile, so leases are
+moved on by the pause, the way etcd gives every lease a fresh TTL after an election.
+Otherwise every instance would expire at once when the process resumes, before the
+renewals waiting in its sockets are read."""
 
 from __future__ import annotations
 
@@ -57,9 +63,15 @@ class EmbeddedRegistry:
             self._sweeper.cancel()
 
     async def _sweep(self) -> None:
+        last = time.monotonic()
         while self._expires:
             await asyncio.sleep(self._sweep_interval)
             now = time.monotonic()
+            paused = now - last - self._sweep_interval
+            last = now
+            if paused > self._sweep_interval:  # this process was not running: give the time back
+                for instance_id in self._expires:
+                    self._expires[instance_id] += paused
             for instance_id in [i for i, t in self._expires.items() if t <= now]:
                 await self.remove(instance_id)
 

@@ -11,19 +11,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from corral.fmt.urls import redact
 
 from corral.core.errors import ConfigError
 from corral.core.registry import Registry
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def registry_from_url(url: str | None, token: str | None = None) -> Registry:

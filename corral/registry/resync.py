@@ -11,13 +11,23 @@ class Reported:
     def __init__(self) -> None:
         self._seen: dict[str, InstanceRecord] = {}
 
-    def resync(self, live: list[InstanceRecord]) -> list[WatchItem]:
+    def vanished(self, live: list[InstanceRecord]) -> list[str]:
+        """The ids reported before that ``live`` lacks."""
+        current = {r.instance_id for r in live}
+        return [i for i in self._seen if i not in current]
+
+    def resync(self, live: list[InstanceRecord], keep: frozenset[str] = frozenset()) -> list[WatchItem]:
         """Events that bring a consumer from what it was told to ``live``: a put for every
-        live record (consumers treat repeats as no-ops), a removal for each vanished one,
-        then ``SYNCED``."""
+        live record (consumers treat repeats as no-ops), a removal for each vanished one
+        (except those in ``keep``, still reported: removed later, if ever), then ``SYNCED``."""
         current = {r.instance_id: r for r in live}
         events: list[WatchItem] = [RegistryEvent(r) for r in live]
-        events += [RegistryEvent(r, removed=True) for i, r in self._seen.items() if i not in current]
+        for i, r in self._seen.items():
+            if i not in current:
+                if i in keep:
+                    current[i] = r
+                else:
+                    events.append(RegistryEvent(r, removed=True))
         events.append(SYNCED)
         self._seen = current
         return events

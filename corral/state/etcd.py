@@ -4,6 +4,7 @@ Keys:
 
 - ``{prefix}/models/{name}`` holds ``spec_to_json(spec)``; ``list_models`` ranges the
   models prefix (etcd answers in key order, which is name order).
+- ``{prefix}/keys/{id}`` holds ``key_to_json(key)`` (a virtual key: its hash, never the secret).
 - ``{prefix}/audit/{time_ns:020d}-{random}`` holds ``audit_to_json(event)``; ``time_ns`` is
   the wall clock at the append (kept increasing within a process), so the key order is
   the append order, and ``audit(limit)`` ranges the prefix sorted by key, descending.
@@ -22,6 +23,7 @@ import secrets
 import time
 from typing import Any
 
+from corral.core.keys import VirtualKey, key_from_json, key_to_json
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent, audit_from_json, audit_to_json, spec_from_json, spec_to_json
 from corral.registry.etcdbase import EtcdBase, b64, prefix_range, unb64
@@ -38,6 +40,8 @@ class EtcdStateStore(EtcdBase):
         base = prefix.rstrip("/")
         self._models_base = base + "/models/"
         self._audit_base = base + "/audit/"
+        self._keys_base = base + "/keys/"
+        self._keys_range = prefix_range(self._keys_base)
         self._models_range = prefix_range(self._models_base)
         self._audit_range = prefix_range(self._audit_base)
         self._audit_limit = audit_limit
@@ -56,6 +60,30 @@ class EtcdStateStore(EtcdBase):
 
     async def delete_model(self, name: str) -> None:
         await self._call("/v3/kv/deleterange", {"key": b64(self._models_base + name)})
+
+    async def list_keys(self) -> list[VirtualKey]:
+        data = await self._call("/v3/kv/range", self._keys_range)
+        keys = []
+        for kv in data.get("kvs", []):
+            try:
+                keys.append(key_from_json(unb64(kv["value"])))
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("etcd state store: ignoring unreadable key at %s: %s", self._key_of(kv), e)
+        return sorted(keys, key=lambda k: k.id)
+
+    async def keys_version(self) -> str | None:
+        """The newest modification revision under the keys prefix (etcd's revisions only
+        grow) and the number of keys (a delete lowers it): one key read, not the list."""
+        body = {**self._keys_range, "sort_order": "DESCEND", "sort_target": "MOD", "limit": "1", "keys_only": True}
+        data = await self._call("/v3/kv/range", body)
+        newest = data.get("kvs", [{}])[0].get("mod_revision", "0") if data.get("kvs") else "0"
+        return f"{data.get('count', 0)}:{newest}"
+
+    async def put_key(self, key: VirtualKey) -> None:
+        await self._call("/v3/kv/put", {"key": b64(self._keys_base + key.id), "value": b64(key_to_json(key))})
+
+    async def delete_key(self, key_id: str) -> None:
+        await self._call("/v3/kv/deleterange", {"key": b64(self._keys_base + key_id)})
 
     async def append_audit(self, event: AuditEvent) -> None:
         self._last_ns = max(time.time_ns(), self._last_ns + 1)

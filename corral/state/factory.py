@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from corral.core.errors import ConfigError
 from corral.core.state import StateStore
-from corral.registry.factory import redact
+from corral.fmt.urls import redact
 
 
 def state_from_url(url: str | None) -> StateStore:

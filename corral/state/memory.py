@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from corral.core.keys import VirtualKey
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent
 
@@ -12,6 +13,8 @@ from corral.core.state import AuditEvent
 class MemoryStateStore:
     def __init__(self, audit_limit: int = 10_000) -> None:
         self._models: dict[str, ModelSpec] = {}
+        self._keys: dict[str, VirtualKey] = {}
+        self._keys_changes = 0
         self._audit: deque[AuditEvent] = deque(maxlen=audit_limit)
 
     async def open(self) -> None:
@@ -25,6 +28,20 @@ class MemoryStateStore:
 
     async def delete_model(self, name: str) -> None:
         self._models.pop(name, None)
+
+    async def list_keys(self) -> list[VirtualKey]:
+        return [self._keys[k] for k in sorted(self._keys)]
+
+    async def put_key(self, key: VirtualKey) -> None:
+        self._keys[key.id] = key
+        self._keys_changes += 1
+
+    async def delete_key(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
+        self._keys_changes += 1
+
+    async def keys_version(self) -> str | None:
+        return str(self._keys_changes)
 
     async def append_audit(self, event: AuditEvent) -> None:
         self._audit.append(event)

@@ -4,6 +4,8 @@ Tables:
 
 - ``corral_models(name primary key, data, updated_at)``: ``data`` is
   ``spec_to_json(spec)``; ``put_model`` is an upsert, ``delete_model`` a ``DELETE``.
+- ``corral_keys(id primary key, data, updated_at)``: ``data`` is ``key_to_json(key)``
+  (a virtual key: its hash, never the secret).
 - ``corral_audit(id autoincrement primary key, time, data)``: ``data`` is
   ``audit_to_json(event)``. Newest first means highest id first (the order of the appends,
   whatever the writers' clocks say). The table is kept bounded: each append also deletes
@@ -19,8 +21,9 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import BigInteger, Column, Double, Integer, MetaData, Table, Text, delete, select
+from sqlalchemy import BigInteger, Column, Double, Integer, MetaData, Table, Text, delete, func, select
 
+from corral.core.keys import VirtualKey, key_from_json, key_to_json
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent, audit_from_json, audit_to_json, spec_from_json, spec_to_json
 from corral.registry.sqlbase import SqlBase
@@ -42,6 +45,13 @@ class SqlStateStore(SqlBase):
             "corral_models",
             metadata,
             Column("name", Text, primary_key=True),
+            Column("data", Text, nullable=False),
+            Column("updated_at", Double, nullable=False),
+        )
+        self._keys = Table(
+            "corral_keys",
+            metadata,
+            Column("id", Text, primary_key=True),
             Column("data", Text, nullable=False),
             Column("updated_at", Double, nullable=False),
         )
@@ -79,6 +89,39 @@ class SqlStateStore(SqlBase):
         with self._unavailable("delete a model"):
             async with self._engine.begin() as conn:
                 await conn.execute(delete(self._models).where(self._models.c.name == name))
+
+    async def list_keys(self) -> list[VirtualKey]:
+        with self._unavailable("list keys"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(self._keys.c.id, self._keys.c.data))).all()
+        keys = []
+        for key_id, data in sorted(rows):
+            try:
+                keys.append(key_from_json(data))
+            except Exception as exc:  # noqa: BLE001 -- a corrupt row, or one from an incompatible version
+                log.warning("state store %s: skipping unreadable key %r: %s", self.safe_url, key_id, exc)
+        return keys
+
+    async def keys_version(self) -> str | None:
+        """The row count and the sum of the rows' ``updated_at``: a put changes the sum (even
+        from a controller whose clock is behind, unlike a max), a delete the count."""
+        query = select(func.count(), func.sum(self._keys.c.updated_at)).select_from(self._keys)
+        with self._unavailable("read the keys' version"):
+            async with self._engine.connect() as conn:
+                count, total = (await conn.execute(query)).one()
+        return f"{count}:{total!r}"
+
+    async def put_key(self, key: VirtualKey) -> None:
+        values = {"id": key.id, "data": key_to_json(key), "updated_at": time.time()}
+        statement = self._upsert(self._keys, self._keys.c.id, values)
+        with self._unavailable("save a key"):
+            async with self._engine.begin() as conn:
+                await conn.execute(statement)
+
+    async def delete_key(self, key_id: str) -> None:
+        with self._unavailable("delete a key"):
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(self._keys).where(self._keys.c.id == key_id))
 
     async def append_audit(self, event: AuditEvent) -> None:
         table = self._audit

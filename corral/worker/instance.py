@@ -6,8 +6,8 @@ import functools
 import time
 from dataclasses import dataclass, field
 
-from corral.core.engine import Embedding, Engine, Rerank, StructuredOutput, TextGeneration, ToolCalling
-from corral.core.types import RESPONSE_FORMAT, TOOLS
+from corral.core.engine import Embedding, Engine, Rerank, StructuredOutput, TextGeneration, TokenCounting, ToolCalling
+from corral.core.types import COUNT_TOKENS, RESPONSE_FORMAT, TOOLS
 from corral.core.registry import InstanceRecord, InstanceState
 from corral.core.spec import ModelSpec
 
@@ -20,6 +20,8 @@ def capabilities(engine: object) -> frozenset[str]:
             caps.add(TOOLS)
         if isinstance(engine, StructuredOutput):
             caps.add(RESPONSE_FORMAT)
+        if isinstance(engine, TokenCounting):
+            caps.add(COUNT_TOKENS)
     if isinstance(engine, Embedding):
         caps.add("embedding")
     if isinstance(engine, Rerank):
@@ -38,6 +40,7 @@ class Instance:
     last_error: str | None = None
     managed: bool = False
     load_seconds: float | None = None  # how long the engine took to start
+    restarting: bool = False  # READY until its engine loop crashed; back to READY once restarted
 
     @functools.cached_property
     def capabilities(self) -> frozenset[str]:
@@ -64,4 +67,5 @@ class Instance:
             weight=self.spec.weight,
             max_concurrency=self.spec.max_concurrency,
             managed=self.managed,
+            sampling=self.spec.sampling.pairs(),
         )

@@ -17,24 +17,24 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.cluster import wire
-from corral.core.errors import CorralError, EngineError, EngineNotInstalled, InvalidRequest, Unavailable
+from corral.core.errors import Conflict, CorralError, EngineError, EngineNotInstalled, InvalidRequest, Unavailable
 from corral.core.state import spec_from_json
 from corral.engines.catalog import get_entry
 from corral.core.registry import InstanceState
-from corral.core.types import GenerationEnd, GenerationRequest
+from corral.core.types import COUNT_TOKENS, GenerationEnd, GenerationRequest
 from corral.observe import tracing
 from corral.observe.metrics import WorkerMetrics, metrics_route
 from corral.web.body import read_body
+from corral.web.errors import catch_unexpected, exception_handlers
 from corral.web.streaming import ClosingStreamingResponse
 from corral.web.responses import json_response
-from corral.web.middleware import ApiKeys, RequestId
+from corral.web.middleware import ApiKeys, LingeringClose, RequestId
 from corral.worker.instance import Instance
 from corral.worker.worker import Worker
 
@@ -84,13 +84,24 @@ def create_worker_app(
             result = await instance.engine.rerank(req)  # type: ignore[attr-defined]
         return json_response(200, {"s": result.scores, "u": [result.usage.prompt_tokens, 0]})
 
+    async def count_tokens(request: Request) -> Response:
+        instance = instance_for(request, COUNT_TOKENS)
+        req = wire.decode_generation(await read_body(request, MAX_INTERNAL_BODY))
+        with worker.track(instance):
+            count = await instance.engine.count_tokens(req)  # type: ignore[attr-defined]
+        return json_response(200, {"n": count})
+
     async def start_instance(request: Request) -> Response:
-        body = orjson.loads(await read_body(request, 1024 * 1024) or b"{}")
+        raw = await read_body(request, 1024 * 1024)
         try:
+            body = orjson.loads(raw or b"{}")
             spec = spec_from_json(orjson.dumps(body["spec"]))
             instance_id = str(body["instance_id"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest(f"malformed start request: {exc}") from None
+        if worker.max_instances and len(worker.instances()) >= worker.max_instances:
+            raise Conflict(f"worker {worker.worker_id} is full: it takes at most {worker.max_instances} instances",
+                           code="worker_full")
         entry = get_entry(spec.engine)  # an unknown engine fails now, not in the background
         if not entry.installed():
             raise EngineNotInstalled(f"worker {worker.worker_id} cannot run engine {spec.engine!r}: {entry.install_hint()}")
@@ -100,7 +111,10 @@ def create_worker_app(
 
     async def stop_instance(request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
-        timeout = float(request.query_params.get("drain_timeout", "30"))
+        try:
+            timeout = float(request.query_params.get("drain_timeout", "30"))
+        except ValueError:
+            raise InvalidRequest("drain_timeout must be a number of seconds", param="drain_timeout") from None
         worker.spawn(worker.drain_instance(instance_id, timeout), f"drain {instance_id}")
         return json_response(202, {"instance_id": instance_id})
 
@@ -118,14 +132,6 @@ def create_worker_app(
     async def status(request: Request) -> Response:
         return json_response(200, worker.status())
 
-    async def corral_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CorralError)
-        return json_response(exc.status, wire.error_to_wire(exc))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return json_response(exc.status_code, {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}})
-
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
@@ -134,13 +140,21 @@ def create_worker_app(
             Route("/internal/v1/instances/{instance_id}/generate", generate, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}/embed", embed, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}/rerank", rerank, methods=["POST"]),
+            Route("/internal/v1/instances/{instance_id}/count_tokens", count_tokens, methods=["POST"]),
             Route("/internal/v1/instances", start_instance, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}", stop_instance, methods=["DELETE"]),
             Route("/internal/v1/instances/{instance_id}/offline", offline, methods=["POST"]),
             Route("/internal/v1/instances/{instance_id}/online", online, methods=["POST"]),
         ],
-        middleware=[Middleware(RequestId), Middleware(ApiKeys, keys=(token,) if token else (), prefix="/internal")],
-        exception_handlers={CorralError: corral_error, HTTPException: http_error},
+        middleware=[
+            Middleware(LingeringClose),
+            Middleware(RequestId),
+            Middleware(ApiKeys, keys=(token,) if token else (), prefix="/internal"),
+            catch_unexpected(),  # unexpected exceptions as JSON 500s, the connection kept for the gateway's pool
+        ],
+        # the one renderer of every server (corral.web.errors): a gateway rebuilds the
+        # error from the status and the body
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
 
@@ -158,18 +172,21 @@ class WorkerTrace:
     def spans(self, end: GenerationEnd) -> tuple[dict[str, Any], ...]:
         if self.parent is None:
             return ()
-        trace_id, parent = self.parent
+        trace_id, parent, _ = self.parent
         worker_span, engine_span = tracing.new_id(8), tracing.new_id(8)
         now = time.time()
-        attrs = {"corral.instance": self.instance.instance_id, "corral.model": self.instance.spec.name,
-                 "corral.engine": self.instance.spec.engine, "corral.worker": self.instance.worker_id}
-        engine_attrs = {**attrs, "gen_ai.usage.input_tokens": end.usage.prompt_tokens,
-                        "gen_ai.usage.output_tokens": end.usage.completion_tokens,
-                        "corral.ttft_s": (self.first_token - self.started) if self.first_token else None}
-        return (
-            tracing.span("corral.worker", trace_id, worker_span, parent, self.received, time.time(), attrs),
-            tracing.span("corral.engine.generate", trace_id, engine_span, worker_span, self.started, now, engine_attrs),
-        )
+        attrs = {"corral.instance_id": self.instance.instance_id, "corral.model": self.instance.spec.name,
+                 "corral.engine": self.instance.spec.engine, "corral.worker_id": self.instance.worker_id}
+        ttft = (self.first_token - self.started) if self.first_token else None
+        engine_attrs = {**attrs, "corral.engine.input_tokens": end.usage.prompt_tokens,
+                        "corral.engine.output_tokens": end.usage.completion_tokens, "corral.ttft_s": ttft}
+        first = [tracing.span_event(tracing.FIRST_TOKEN, self.first_token)] if self.first_token else None
+        worker = tracing.span("corral.worker", trace_id, worker_span, parent, self.received, now, attrs, tracing.SERVER)
+        engine = tracing.span("corral.engine.generate", trace_id, engine_span, worker_span, self.started, now,
+                              engine_attrs, events=first)
+        for s in (worker, engine):  # exported under the worker's service name, not the gateway's
+            s["service"] = tracing.WORKER_SERVICE
+        return worker, engine
 
 
 class _Generation:

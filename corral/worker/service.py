@@ -31,12 +31,13 @@ class WorkerService:
         lease_ttl: float = 5.0,
         drain_timeout: float = 30.0,
         worker_id: str | None = None,
+        max_instances: int = 0,
     ) -> None:
         self._registry = registry
         self._models = models
         self._on_fatal = on_fatal
         self._drain_timeout = drain_timeout
-        self.worker = Worker(registry, worker_id, address=advertise, lease_ttl=lease_ttl)
+        self.worker = Worker(registry, worker_id, address=advertise, lease_ttl=lease_ttl, max_instances=max_instances)
         self._tasks: list[asyncio.Task[None]] = []
         self.app = create_worker_app(self.worker, token, self.lifespan)
 
@@ -45,6 +46,7 @@ class WorkerService:
         await self._registry.open()
         self._tasks.append(asyncio.create_task(self.worker.keep_registered(), name="lease"))
         self._tasks.append(asyncio.create_task(self._deploy(), name="deploy"))
+        self._tasks.append(asyncio.create_task(self.worker.watch_engines(), name="watch-engines"))
         try:
             yield
         finally:
@@ -67,3 +69,7 @@ class WorkerService:
     async def drain(self) -> None:
         log.info("draining: deregistering and finishing in-flight requests (at most %.0fs)", self._drain_timeout)
         await self.worker.drain(self._drain_timeout)
+        # past the bound, stop the engines now, while the connections are still open: each
+        # request still running then ends with an error event its client can read (an
+        # engine's stop ends its streams), instead of being cut when the server closes
+        await self.worker.stop()

@@ -5,6 +5,16 @@ told about its instances. In a cluster the records are leased (``lease_ttl``) an
 refreshed by ``keep_registered``: if the worker dies, its instances vanish from every
 gateway's view by themselves; if the registry is briefly down, the next refresh puts
 them back. ``drain`` takes the worker out of rotation before it stops.
+
+``watch_engines`` follows each started engine's own report (``Engine.load()``): an
+engine whose loop crashed and is restarting is published as ``starting`` (no gateway
+routes to it) until it has restarted, and one that can no longer serve (``failure``)
+as ``failed``, which the manager replaces. Health and routing then tell the truth
+within ``WATCH_INTERVAL_S`` plus the registry's propagation. Nobody manages the
+instances of a worker's own config file, so the worker replaces those itself: the failed
+instance is stopped and a fresh one of the same spec started, with a backoff that doubles
+per spec up to ``REPLACE_BACKOFF_MAX_S`` (a model that keeps failing stays visible as
+failed in between, and is not restarted in a tight loop).
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ from corral.worker.instance import Instance
 
 log = logging.getLogger(__name__)
 
+WATCH_INTERVAL_S = 0.25  # how often engines are asked whether they still serve
+REPLACE_BACKOFF_S = 1.0  # first wait before a worker replaces a failed unmanaged instance
+REPLACE_BACKOFF_MAX_S = 60.0
+
 
 class Worker:
     def __init__(
@@ -33,7 +47,9 @@ class Worker:
         worker_id: str | None = None,
         address: str | None = None,
         lease_ttl: float | None = None,
+        max_instances: int = 0,
     ) -> None:
+        self.max_instances = max_instances  # announced to a controller, which places no more here
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
         self.address = address
         self._registry = registry
@@ -43,6 +59,7 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[object]] = set()
+        self._replace_backoff: dict[str, float] = {}  # per spec name: the next replacement's wait
 
     def spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         """Run a management action (start, drain) after the API call has answered."""
@@ -151,6 +168,70 @@ class Worker:
             with contextlib.suppress(CorralError):
                 await self._registry.remove(instance_id)
 
+    async def watch_engines(self, interval: float = WATCH_INTERVAL_S) -> None:
+        """Forever: publish what each started engine reports about itself (see the module
+        docstring). Run as a task by the process hosting the worker."""
+        while True:
+            await asyncio.sleep(interval)
+            for instance in list(self._instances.values()):
+                try:
+                    await self._follow_engine(instance)
+                except CorralError as exc:  # the registry is down: the next refresh carries the state
+                    log.warning("cannot publish the state of %s: %s", instance.instance_id, exc.message)
+                except Exception:  # an engine whose load() raises must not stop watching the others
+                    log.exception("cannot read the state of instance %s", instance.instance_id)
+
+    async def _follow_engine(self, instance: Instance) -> None:
+        if instance.load_seconds is None or instance.state in (InstanceState.FAILED, InstanceState.DRAINING):
+            return  # still loading (its start publishes the outcome), or on its way out
+        load = instance.engine.load()
+        if load.failure is not None:
+            log.error(
+                "instance %s of %s can no longer serve (%s); marking it failed",
+                instance.instance_id, instance.spec.name, load.failure,
+            )
+            instance.restarting = False
+            instance.set_state(InstanceState.FAILED, load.failure)
+            if not instance.managed:
+                self.spawn(self._replace(instance), f"replace {instance.instance_id}")
+        elif load.crashes_total > load.restarts_total:  # crashed, restart pending
+            if instance.state is not InstanceState.READY:
+                return
+            log.warning("instance %s of %s: engine loop crashed; not ready until it restarts",
+                        instance.instance_id, instance.spec.name)
+            instance.restarting = True
+            instance.set_state(InstanceState.STARTING, "the engine loop crashed; restarting it")
+        elif instance.restarting:
+            instance.restarting = False
+            if instance.state is not InstanceState.STARTING:
+                return
+            log.info("instance %s of %s serves again", instance.instance_id, instance.spec.name)
+            instance.set_state(InstanceState.READY)
+        else:
+            return
+        await self._publish(instance)
+
+    async def _replace(self, failed: Instance) -> None:
+        """Replace a failed instance of the worker's own config (no manager will)."""
+        name = failed.spec.name
+        delay = self._replace_backoff.get(name, REPLACE_BACKOFF_S)
+        self._replace_backoff[name] = min(delay * 2, REPLACE_BACKOFF_MAX_S)
+        log.warning("replacing failed instance %s of %s in %.1fs", failed.instance_id, name, delay)
+        await asyncio.sleep(delay)
+        if self._instances.get(failed.instance_id) is not failed:
+            return  # stopped or drained meanwhile: nothing to replace
+        await self.stop_instance(failed.instance_id)
+        replacement_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            await self.start_instance(failed.spec, replacement_id)
+        except CorralError as exc:  # start_instance left it registered as failed: try again later
+            log.error("replacement of %s failed: %s", name, exc.message)
+            replacement = self._instances.get(replacement_id)
+            if replacement is not None:
+                self.spawn(self._replace(replacement), f"replace {replacement_id}")
+            return
+        log.info("failed instance %s of %s replaced", failed.instance_id, name)
+
     async def stop(self) -> None:
         for task in list(self._background):
             task.cancel()
@@ -168,7 +249,9 @@ class Worker:
         while True:
             try:
                 if directory is not None:
-                    await directory.announce_worker(self.worker_id, self.address, engines, self._lease_ttl)
+                    await directory.announce_worker(
+                        self.worker_id, self.address, engines, self._lease_ttl, self.max_instances
+                    )
                 for instance in list(self._instances.values()):
                     await self._publish(instance)
                 if down:
@@ -222,6 +305,9 @@ class Worker:
                     "queued": load.queued,
                     "completed_total": load.completed_total,
                     "cancelled_total": load.cancelled_total,
+                    "crashes_total": load.crashes_total,
+                    "restarts_total": load.restarts_total,
+                    "failure": load.failure,
                     "requests_active": self._active.get(instance.instance_id, 0),
                     "last_error": instance.last_error,
                     "managed": instance.managed,

@@ -9,7 +9,7 @@ import time
 import httpx
 from openai import OpenAI
 
-from tests.integration.conftest import API_KEY
+from tests.integration.conftest import API_KEY, REAL_CHAT
 from tests.integration.servers import Server
 
 CHAT = "demo-chat"
@@ -17,9 +17,9 @@ EMBED = "all-minilm-l6-v2"
 HELLO = [{"role": "user", "content": "Say hello"}]
 
 
-def test_lists_both_demo_models(client: OpenAI) -> None:
+def test_lists_the_shared_deployment(client: OpenAI) -> None:
     ids = {m.id for m in client.models.list().data}
-    assert ids == {CHAT, EMBED}
+    assert ids == {CHAT, EMBED, REAL_CHAT}
     assert client.models.retrieve(CHAT).id == CHAT
 
 

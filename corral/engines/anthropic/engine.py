@@ -22,7 +22,7 @@ from corral.core.spec import ModelKind, ModelSpec
 from corral.core.types import GenerationChunk, GenerationEnd, GenerationRequest
 from corral.engines.anthropic.options import AnthropicOptions
 from corral.engines.anthropic.wire import EventTranslator, messages_body, whole_message_events
-from corral.web.pool import ResponseLines
+from corral.net.pool import ResponseLines
 from corral.engines.openai_compatible.upstream import UpstreamEngine, UpstreamStream, check_base_url
 from corral.engines.openai_compatible.wire import error_message, sse
 

@@ -3,7 +3,7 @@
 
 Written from Anthropic's public API reference (``POST /v1/messages``, its streaming
 events and its tool-use blocks). What OpenAI's API has and the Messages API does not
-(``n > 1``, ``seed``, penalties, text completion) is refused with a 400 naming the
+(``n > 1``, ``seed``, penalties, the repetition penalty, text completion) is refused with a 400 naming the
 field, never silently dropped.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from corral.core.errors import InvalidRequest
-from corral.core.types import ChatMessage, FinishReason, GenerationChunk, GenerationRequest, ToolCallDelta, Usage
+from corral.core.types import ChatMessage, FinishReason, GenerationChunk, GenerationRequest, Tool, ToolCallDelta, ToolChoice, ToolMode, Usage
 
 TEMPERATURE_MAX = 1.0  # the Messages API takes [0, 1] where OpenAI takes [0, 2]: clamped
 
@@ -29,7 +29,7 @@ FINISH = {
 }
 
 _PROMPT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-_TOOL_CHOICE = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
+_TOOL_CHOICE = {ToolMode.AUTO: "auto", ToolMode.REQUIRED: "any", ToolMode.NONE: "none", ToolMode.NAMED: "tool"}
 
 
 def _refused(message: str, param: str) -> InvalidRequest:
@@ -46,6 +46,7 @@ def messages_body(model: str, request: GenerationRequest, default_max_tokens: in
     for name, used in (
         ("seed", s.seed is not None), ("presence_penalty", bool(s.presence_penalty)),
         ("frequency_penalty", bool(s.frequency_penalty)), ("ignore_eos", s.ignore_eos),
+        ("repetition_penalty", s.repetition_penalty != 1.0),
     ):
         if used:
             raise _refused(f"Anthropic's Messages API does not support {name}", name)
@@ -58,10 +59,12 @@ def messages_body(model: str, request: GenerationRequest, default_max_tokens: in
         body["temperature"] = min(s.temperature, TEMPERATURE_MAX)
     if s.top_p != 1.0:
         body["top_p"] = s.top_p
+    if s.top_k:  # native in the Messages API
+        body["top_k"] = s.top_k
     if s.stop:
         body["stop_sequences"] = list(s.stop)
     if request.tools:
-        body["tools"] = [_tool(t, i) for i, t in enumerate(request.tools)]
+        body["tools"] = [_tool(t) for t in request.tools]
         choice = _tool_choice(request.tool_choice)
         if request.parallel_tool_calls is False and choice.get("type") != "none":
             choice["disable_parallel_tool_use"] = True
@@ -117,28 +120,20 @@ def _arguments(text: str, i: int, j: int) -> dict[str, Any]:
     return value
 
 
-def _tool(tool: dict[str, Any], i: int) -> dict[str, Any]:
-    function = tool.get("function")
-    if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
-        raise _refused("Anthropic's Messages API takes function tools only", f"tools[{i}]")
-    out: dict[str, Any] = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object"}}
-    if function.get("description"):
-        out["description"] = function["description"]
+def _tool(tool: Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters or {"type": "object"}}
+    if tool.description:
+        out["description"] = tool.description
     return out
 
 
-def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any]:
+def _tool_choice(choice: ToolChoice | None) -> dict[str, Any]:
     if choice is None:
         return {"type": "auto"}
-    if isinstance(choice, str):
-        if choice not in _TOOL_CHOICE:
-            raise InvalidRequest(f"unknown tool_choice {choice!r}", param="tool_choice")
-        return dict(_TOOL_CHOICE[choice])
-    function = choice.get("function")
-    name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(name, str):
-        raise InvalidRequest("tool_choice must name a function", param="tool_choice")
-    return {"type": "tool", "name": name}
+    out = {"type": _TOOL_CHOICE[choice.mode]}
+    if choice.mode is ToolMode.NAMED:
+        out["name"] = str(choice.name)
+    return out
 
 
 class EventTranslator:
@@ -186,7 +181,8 @@ class EventTranslator:
             reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if reason and self.finish is None:
                 self.finish = FINISH.get(str(reason), FinishReason.STOP)
-                return GenerationChunk(0, "", self.finish)
+                stop = delta.get("stop_sequence") if reason == "stop_sequence" else None  # type: ignore[union-attr]
+                return GenerationChunk(0, "", self.finish, stop_sequence=stop if isinstance(stop, str) else None)
         elif kind == "message_stop":
             self.stopped = True
         # ping, and event types added after this was written, carry nothing for us
@@ -233,7 +229,8 @@ def whole_message_events(message: Any) -> list[dict[str, Any]]:
     for i, block in enumerate(message.get("content") or ()):
         events.append({"type": "content_block_start", "index": i, "content_block": block})
         events.append({"type": "content_block_stop", "index": i})
-    events.append({"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason")}, "usage": usage})
+    delta = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
+    events.append({"type": "message_delta", "delta": delta, "usage": usage})
     events.append({"type": "message_stop"})
     return events
 

@@ -33,7 +33,7 @@ from corral.core.types import (
 )
 from corral.engines.openai_compatible.options import ConnectionOptions, OpenAICompatibleOptions
 from corral.engines.openai_compatible.providers import GENERIC, Provider
-from corral.web.pool import ResponseLines, TransportError
+from corral.net.pool import ResponseLines, TransportError
 from corral.engines.openai_compatible.upstream import UpstreamEngine, UpstreamStream, check_base_url
 from corral.engines.openai_compatible.wire import (
     DONE,
@@ -141,14 +141,15 @@ class _Embedding:
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         headers = {**_JSON_HEADERS, "x-request-id": request.request_id}
+        slot = await self._admission.acquire()  # Overloaded when no connection frees in time
         self._in_flight += 1
         try:
-            try:
-                async with http.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False) as resp:
-                    status, resp_headers, content = resp.status, resp.headers, await resp.read()
-            except TransportError as exc:
-                raise self._unreachable("POST", url, exc) from None
+            async with http.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False) as resp:
+                status, resp_headers, content = resp.status, resp.headers, await resp.read()
+        except TransportError as exc:
+            raise self._unreachable("POST", url, exc) from None
         finally:
+            slot.release()
             self._in_flight -= 1
         if not 200 <= status < 300:
             raise self._http_error(status, resp_headers, content, "POST", url)

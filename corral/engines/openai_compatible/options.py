@@ -24,12 +24,23 @@ class ConnectionOptions(BaseModel):
         None, min_length=1, description="a secrets file holding the key (one line); a warning if others may read it"
     )
     connect_timeout_s: float = Field(
-        5.0, gt=0, description="connecting to the upstream; a failure is retried elsewhere"
+        5.0, gt=0,
+        description="establishing a connection to the upstream (not waiting for a pooled one); "
+        "a failure is retried elsewhere",
     )
     timeout_s: float = Field(
         300.0, gt=0, description="longest silence from the upstream (before its answer or between two events)"
     )
-    max_connections: int = Field(64, ge=1, le=65536, description="pooled connections to the upstream")
+    max_connections: int = Field(
+        256, ge=1, le=65536, description="pooled connections to the upstream: requests it serves at once"
+    )
+    max_queued: int = Field(
+        1024, ge=0, le=1_000_000,
+        description="requests waiting, in arrival order, for a pooled connection when all are busy; beyond, 429",
+    )
+    queue_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for a pooled connection, then 429 with Retry-After"
+    )
     extra_headers: dict[str, str] = Field(default_factory=dict, description="sent with every upstream request")
     verify_on_start: bool = Field(
         True, description="list the upstream's models at start; fail the start if unreachable or the key is refused"

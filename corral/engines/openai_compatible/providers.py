@@ -18,13 +18,14 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from corral.core.errors import InvalidRequest
-from corral.core.types import GenerationRequest
+from corral.core.types import GenerationRequest, ToolMode
 
 Auth = Literal["bearer", "api-key"]
 BOTH_FORMATS = frozenset({"json_object", "json_schema"})
 JSON_OBJECT = frozenset({"json_object"})
-# not OpenAI fields: an extension of vLLM-like servers that no cloud accepts
-NOT_OPENAI = frozenset({"ignore_eos"})
+# not OpenAI fields: extensions of vLLM-like servers that the clouds (unless their entry
+# says otherwise) do not document, so they are refused there rather than sent to be ignored
+NOT_OPENAI = frozenset({"ignore_eos", "top_k", "repetition_penalty"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Provider:
                 f"(it supports: {', '.join(sorted(self.response_formats))})",
                 "response_format",
             )
-        if request.tool_choice == "required" and not self.tool_choice_required:
+        if request.tool_choice is not None and request.tool_choice.mode is ToolMode.REQUIRED and not self.tool_choice_required:
             raise _refused(
                 f"{self.title} does not support tool_choice 'required'; use 'auto' or name a function", "tool_choice"
             )
@@ -143,10 +144,12 @@ PROVIDERS: dict[str, Provider] = {
             name="deepseek", title="DeepSeek", base_url="https://api.deepseek.com", key_env="DEEPSEEK_API_KEY",
             max_n=1, unsupported=NOT_OPENAI | {"seed"}, response_formats=JSON_OBJECT,
         ),
-        # help.aliyun.com (DashScope compatible mode): n up to 4; json_object
+        # help.aliyun.com (DashScope compatible mode): n up to 4; json_object; top_k and
+        # repetition_penalty are documented request fields (the SDK's extra_body)
         Provider(
             name="dashscope", title="Alibaba DashScope (Qwen)",
-            base_url="https://dashscope.aliyuncs.com/compatible-mode/v1", key_env="DASHSCOPE_API_KEY", max_n=4, unsupported=NOT_OPENAI, response_formats=JSON_OBJECT, embeddings=True,
+            base_url="https://dashscope.aliyuncs.com/compatible-mode/v1", key_env="DASHSCOPE_API_KEY", max_n=4,
+            unsupported=NOT_OPENAI - {"top_k", "repetition_penalty"}, response_formats=JSON_OBJECT, embeddings=True,
         ),
         # open.bigmodel.cn / docs.z.ai: temperature in [0, 1], top_p in [0.01, 1]; no n,
         # seed nor penalties; usage comes with the last chunk unasked

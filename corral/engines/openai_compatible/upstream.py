@@ -45,7 +45,8 @@ from corral.core.spec import ModelSpec
 from corral.core.types import EngineLoad, GenerationChunk, GenerationEnd, GenerationRequest
 from corral.engines.openai_compatible.options import ConnectionOptions
 from corral.engines.openai_compatible.wire import error_message, retry_after
-from corral.web.pool import (
+from corral.net.pool import (
+    Admission,
     PoolSettings,
     Refused,
     ResponseLines,
@@ -163,6 +164,11 @@ class UpstreamEngine:
         self._model_hint = model_hint  # where the upstream model is configured, for a 404
         self._key_hint = key_hint(options, default_key_env)
         self._http: aiohttp.ClientSession | None = None
+        # waiting for one of the pool's connections is backpressure (a bounded queue,
+        # then 429), never a connect timeout that would count against the upstream
+        self._admission = Admission(
+            options.max_connections, options.max_queued, options.queue_timeout_s, f"{vendor} at {self.url}"
+        )
         self._secret: str | None = None
         self._in_flight = 0
         self._completed = 0
@@ -245,7 +251,10 @@ class UpstreamEngine:
             await http.close()
 
     def load(self) -> EngineLoad:
-        return EngineLoad(in_flight=self._in_flight, cancelled_total=self._cancelled, completed_total=self._completed)
+        return EngineLoad(
+            in_flight=self._in_flight, queued=self._admission.waiting, cancelled_total=self._cancelled,
+            completed_total=self._completed,
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -255,15 +264,17 @@ class UpstreamEngine:
     # -- requests --------------------------------------------------------------------
 
     async def _post_stream(self, url: str, body: dict[str, Any], request: GenerationRequest) -> ResponseLines:
-        """POST ``body`` and return the started response (2xx); counts the request in
-        flight until the stream wrapping the response settles."""
+        """POST ``body`` and return the started response (2xx), once a pooled connection
+        is free (``Overloaded`` if none frees in time); counts the request in flight
+        until the stream wrapping the response settles."""
         http = self._client()
         headers = {**STREAM_HEADERS, "x-request-id": request.request_id}
         if request.traceparent:
             headers["traceparent"] = request.traceparent
+        slot = await self._admission.acquire()
         self._in_flight += 1
         try:
-            return await open_stream(http, url, orjson.dumps(body), headers)
+            return await open_stream(http, url, orjson.dumps(body), headers, slot=slot)
         except TransportError as exc:
             self._in_flight -= 1
             raise self._unreachable("POST", url, exc) from None

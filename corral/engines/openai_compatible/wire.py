@@ -21,7 +21,10 @@ from corral.core.types import (
     ChatMessage,
     FinishReason,
     GenerationRequest,
+    Tool,
     ToolCallDelta,
+    ToolChoice,
+    ToolMode,
 )
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,23 @@ def finish_reason(reason: Any, url: str) -> FinishReason:
     return finish
 
 
+def _tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode is ToolMode.NAMED:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode.value
+
+
 def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
     """The upstream request: OpenAI fields only; optional ones only when they differ from
     their defaults, because strict servers refuse fields they do not know."""
@@ -170,9 +190,9 @@ def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
     if request.messages is not None:
         body["messages"] = [_message(m) for m in request.messages]
         if request.tools:
-            body["tools"] = list(request.tools)
+            body["tools"] = [_tool(t) for t in request.tools]
         if request.tool_choice is not None:
-            body["tool_choice"] = request.tool_choice
+            body["tool_choice"] = _tool_choice(request.tool_choice)
         if request.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = request.parallel_tool_calls
         if request.response_format is not None:
@@ -194,6 +214,12 @@ def upstream_body(model: str, request: GenerationRequest) -> dict[str, Any]:
         body["presence_penalty"] = s.presence_penalty
     if s.frequency_penalty:
         body["frequency_penalty"] = s.frequency_penalty
+    # vLLM's names for these (SGLang and llama.cpp's server take them too); sent only when
+    # asked for, so that servers that do not know them never see them
+    if s.top_k:
+        body["top_k"] = s.top_k
+    if s.repetition_penalty != 1.0:
+        body["repetition_penalty"] = s.repetition_penalty
     if s.ignore_eos:
         body["ignore_eos"] = True
     if request.stream:

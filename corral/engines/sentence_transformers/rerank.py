@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from corral.core.errors import EngineError, Unavailable
+from corral.core.errors import EngineError, InvalidRequest, Unavailable
 from corral.core.spec import ModelSpec
 from corral.core.types import EngineLoad, RerankRequest, RerankResult, Usage
 from corral.engines import sources
+from corral.engines.limits import require_text
 from corral.engines.sentence_transformers.options import SentenceTransformersOptions
 from corral.engines.sync import Blocking, heavy_imports
 
@@ -68,6 +69,11 @@ class RerankEngine:
     async def rerank(self, request: RerankRequest) -> RerankResult:
         if self._model is None:
             raise Unavailable(f"model {self._spec.name!r} is not serving")
+        if not request.documents:
+            raise InvalidRequest("documents must contain at least one text", param="documents")
+        require_text(request.query, "query")
+        for i, doc in enumerate(request.documents):
+            require_text(doc, f"documents[{i}]")
         self._in_flight += 1
         try:
             scores, tokens = await self._blocking.run(lambda: self._score(request.query, list(request.documents)))

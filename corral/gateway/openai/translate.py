@@ -8,16 +8,23 @@ router refuses them for models whose engine does not honour them.
 from __future__ import annotations
 
 from corral.core.errors import InvalidRequest
-from typing import Any
-
-from pydantic import BaseModel
-
-from corral.core.types import ChatMessage, ToolCall, EmbeddingRequest, GenerationRequest, RerankRequest, SamplingParams
+from corral.core.types import (
+    ChatMessage,
+    EmbeddingRequest,
+    GenerationRequest,
+    RerankRequest,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolMode,
+)
 from corral.protocol.openai.requests import (
     ChatCompletionRequest,
     ChatMessageIn,
     CompletionRequest,
     EmbeddingsRequest,
+    NamedToolChoice,
     RerankRequestIn,
     SamplingFields,
     TextPart,
@@ -42,6 +49,9 @@ def _sampling(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
         ignore_eos=req.ignore_eos,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        top_k=max(req.top_k, 0),
+        repetition_penalty=req.repetition_penalty,
+        unset=frozenset(k for k in ("temperature", "top_p") if getattr(req, k) is None),
     )
 
 
@@ -75,8 +85,8 @@ def chat(
         session=session,
         traceparent=traceparent,
         stream=req.stream,
-        tools=tuple(t.model_dump(exclude_unset=True) for t in req.tools or ()),
-        tool_choice=_dump(req.tool_choice),
+        tools=tuple(Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict) for t in req.tools or ()),
+        tool_choice=_tool_choice(req.tool_choice),
         parallel_tool_calls=req.parallel_tool_calls,
         response_format=None
         if req.response_format is None or req.response_format.type == "text"
@@ -84,8 +94,12 @@ def chat(
     )
 
 
-def _dump(value: str | BaseModel | None) -> str | dict[str, Any] | None:
-    return value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
+def _tool_choice(value: str | NamedToolChoice | None) -> ToolChoice | None:
+    if value is None:
+        return None
+    if isinstance(value, NamedToolChoice):
+        return ToolChoice(ToolMode.NAMED, value.function.name)
+    return ToolChoice(ToolMode(value))
 
 
 def completions(

@@ -4,15 +4,40 @@ Strict types (``"5"`` is not an integer) so wrong-typed fields get a 400 that na
 them; unknown fields are ignored, as OpenAI-compatible servers commonly do, so clients
 that send newer parameters keep working. Fields Corral cannot honour are declared so
 engines can refuse them explicitly rather than silently ignore them.
+
+Every number is bounded and finite, and every free client string that is not text for
+the model (ids, names, ``user``, stop strings) has a length bound, so what passes here
+fits a signed 64-bit column, a JSON encoder and a log line: a request is refused at the
+wire, naming the field, rather than failing later in an engine or a records store.
+Text for the model (prompts, message contents) is bounded by the body size limit and
+then by the engine's context.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
 
-_CONFIG = ConfigDict(strict=True, extra="ignore")
+from corral.protocol.common import INT64_MAX, INT64_MIN, MAX_ID_CHARS, MAX_STOP_CHARS, MAX_TOKENS, Id, TokenCount, check_stops
+from corral.protocol.common import encodable as _encodable
+
+# allow_inf_nan: JSON has no NaN, but the parser takes ``NaN``/``Infinity`` and 1e400
+_CONFIG = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+MAX_STOP = 4  # stop sequences, as OpenAI
+MAX_N = 128  # choices per request (n, best_of), as OpenAI
+MAX_LOGIT_BIAS = 1024  # entries
+MAX_TOKEN_ID = 2**31 - 1
+MAX_DIMENSIONS = 65_536
+MAX_DOCUMENTS = 4096
+MAX_PROMPTS = 2048  # prompts of one completion request, as embedding inputs
+MAX_REPETITION_PENALTY = 100.0  # 2 is already strong; bounded so that it is a finite number
+MAX_TOP_N = 1_000_000  # may exceed the documents given: the ranking is cut to top_n
+
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Choices = Annotated[int, Field(ge=1, le=MAX_N)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 class TextPart(BaseModel):
@@ -21,12 +46,27 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
-class ContentPart(BaseModel):
+# Tool and structured-output fields are validated for shape, then passed to engines as
+# the client wrote them (``model_dump(exclude_unset=True)``), vendor extras included.
+_PASS = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+
+class _Passthrough(BaseModel):
+    """A model passed on as written: its extras are checked as free JSON."""
+
+    model_config = _PASS
+
+    @model_validator(mode="after")
+    def _extras_encodable(self) -> _Passthrough:
+        _encodable(self.model_extra or {})
+        return self
+
+
+class ContentPart(_Passthrough):
     """Any non-text part (image_url, input_audio, file): accepted by the schema, then
     refused by engines that cannot see it."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
-    type: StrictStr
+    type: Id
 
     @field_validator("type")
     @classmethod
@@ -36,20 +76,15 @@ class ContentPart(BaseModel):
         return value
 
 
-# Tool and structured-output fields are validated for shape, then passed to engines as
-# the client wrote them (``model_dump(exclude_unset=True)``), vendor extras included.
-_PASS = ConfigDict(strict=True, extra="allow")
-
-
 class FunctionCallIn(BaseModel):
     model_config = _CONFIG
-    name: StrictStr
+    name: Id
     arguments: StrictStr  # JSON text
 
 
 class ToolCallIn(BaseModel):
     model_config = _CONFIG
-    id: StrictStr
+    id: Id
     type: Literal["function"] = "function"
     function: FunctionCallIn
 
@@ -58,9 +93,9 @@ class ChatMessageIn(BaseModel):
     model_config = _CONFIG
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart | ContentPart] | None = None
-    name: StrictStr | None = None
-    tool_calls: list[ToolCallIn] | None = None
-    tool_call_id: StrictStr | None = None
+    name: Id | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_N)] | None = None
+    tool_call_id: Id | None = None
 
     @model_validator(mode="after")
     def _tool_turn(self) -> ChatMessageIn:
@@ -71,41 +106,40 @@ class ChatMessageIn(BaseModel):
         return self
 
 
-class FunctionDef(BaseModel):
-    model_config = _PASS
+class FunctionDef(_Passthrough):
     name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: StrictStr | None = None
     parameters: dict[str, Any] | None = None  # a JSON Schema object
     strict: bool | None = None
 
+    _check_parameters = field_validator("parameters")(_encodable)
 
-class ToolIn(BaseModel):
-    model_config = _PASS
+
+class ToolIn(_Passthrough):
     type: Literal["function"]
     function: FunctionDef
 
 
 class NamedFunction(BaseModel):
     model_config = _CONFIG
-    name: StrictStr
+    name: Id
 
 
-class NamedToolChoice(BaseModel):
-    model_config = _PASS
+class NamedToolChoice(_Passthrough):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JsonSchemaFormat(BaseModel):
-    model_config = _PASS
+class JsonSchemaFormat(_Passthrough):
     name: Annotated[StrictStr, Field(min_length=1, max_length=64)]
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     description: StrictStr | None = None
     strict: bool | None = None
 
+    _check_schema = field_validator("schema_")(_encodable)
 
-class ResponseFormat(BaseModel):
-    model_config = _PASS
+
+class ResponseFormat(_Passthrough):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -121,57 +155,97 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+def _stop(value: str | list[str] | None) -> str | list[str] | None:
+    check_stops([value] if isinstance(value, str) else value or [], MAX_STOP)
+    return value
+
+
+def _logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS} entries, not {len(value)}")
+    for key, bias in value.items():
+        # keys are token ids: decimal digits only (int() would take " 1", "1_0", "+1")
+        if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= MAX_TOKEN_ID):
+            raise ValueError(f"keys are token ids (0 to {MAX_TOKEN_ID} in decimal), not {key[:40]!r}")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"biases are between -100 and 100, not {bias} (token {key})")
+    return value
 
 
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions."""
 
     model_config = _CONFIG
-    model: StrictStr
-    max_tokens: PositiveInt | None = None
+    model: Id
+    max_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=16)] = 1
+    n: Choices = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=8)] | None = None
-    seed: int | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    user: StrictStr | None = None
-    logit_bias: dict[str, float] | None = None
-    # Extension shared with vLLM: keep generating past end-of-sequence (benchmarks).
+    # checked by validators (so a 400 names the field, not a union branch); described here
+    # for the JSON schema of /openapi.json
+    stop: StrictStr | list[StrictStr] | None = Field(
+        None, description=f"at most {MAX_STOP} non-empty strings of up to {MAX_STOP_CHARS} characters"
+    )
+    seed: Int64 | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    user: Id | None = None
+    logit_bias: dict[str, float] | None = Field(
+        None, description=f"at most {MAX_LOGIT_BIAS} token ids (decimal, 0 to {MAX_TOKEN_ID}) to biases in -100..100"
+    )
+    # Extensions shared with vLLM: keep generating past end-of-sequence (benchmarks);
+    # top-k sampling (0 or vLLM's older -1: off) and CTRL's repetition penalty (1: off)
     ignore_eos: bool = False
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOKEN_ID)] = 0
+    repetition_penalty: Annotated[float, Field(gt=0, le=MAX_REPETITION_PENALTY)] = 1.0
+
+    _check_stop = field_validator("stop")(_stop)
+    _check_logit_bias = field_validator("logit_bias")(_logit_bias)
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
-    max_completion_tokens: PositiveInt | None = None
+    max_completion_tokens: TokenCount | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
-    @model_validator(mode="after")
-    def _choice_names_a_tool(self) -> ChatCompletionRequest:
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = {t.function.name for t in self.tools or ()}
-            if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names the function {self.tool_choice.function.name!r}, which tools does not declare")
-        elif self.tool_choice == "required" and not self.tools:
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_names_a_tool(
+        cls, value: str | NamedToolChoice | None, info: ValidationInfo
+    ) -> str | NamedToolChoice | None:
+        tools: list[ToolIn] = info.data.get("tools") or []  # declared before: validated first
+        if isinstance(value, NamedToolChoice):
+            if value.function.name not in {t.function.name for t in tools}:
+                name = value.function.name
+                raise ValueError(f"tool_choice names the function {name!r}, which tools does not declare")
+        elif value == "required" and not tools:
             raise ValueError("tool_choice 'required' needs tools")
-        return self
+        return value
 
 
 class CompletionRequest(SamplingFields):
-    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_PROMPTS)]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     suffix: StrictStr | None = None
-    best_of: int | None = None
+    best_of: Choices | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _at_least_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)
+        if value is not None and value < n:
+            raise ValueError(f"best_of ({value}) must be at least n ({n})")
+        return value
 
 
 class RerankDocument(BaseModel):
@@ -183,17 +257,17 @@ class RerankRequestIn(BaseModel):
     """The Jina / Cohere rerank request: documents as strings or ``{"text": ...}``."""
 
     model_config = _CONFIG
-    model: StrictStr
+    model: Id
     query: Annotated[StrictStr, Field(min_length=1)]
-    documents: Annotated[list[StrictStr | RerankDocument], Field(min_length=1, max_length=4096)]
-    top_n: PositiveInt | None = None
+    documents: Annotated[list[StrictStr | RerankDocument], Field(min_length=1, max_length=MAX_DOCUMENTS)]
+    top_n: Annotated[int, Field(ge=1, le=MAX_TOP_N)] | None = None
     return_documents: bool = False
 
 
 class EmbeddingsRequest(BaseModel):
     model_config = _CONFIG
-    model: StrictStr
-    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=2048)]
+    model: Id
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_PROMPTS)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: PositiveInt | None = None
-    user: StrictStr | None = None
+    dimensions: Annotated[int, Field(ge=1, le=MAX_DIMENSIONS)] | None = None
+    user: Id | None = None

@@ -1,7 +1,7 @@
 """A FAKE of vLLM's public Python API, for Corral's tests. This is not vLLM.
 
 vLLM has no CPU build, so Corral's ``vllm`` engine adapter is tested against this
-package, which follows vLLM's documented interface (``AsyncEngineArgs``,
+package, which follows vLLM 0.33.0 (its source, file:line cited per rule; ``AsyncEngineArgs``,
 ``SamplingParams`` with ``RequestOutputKind``, ``RequestOutput``/``CompletionOutput``,
 ``AsyncLLM.from_engine_args``, ``generate`` as an async generator, ``abort``,
 ``get_tokenizer``, ``shutdown``) and "generates" deterministically without a model:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.integration.servers import Server, free_port, launch, wait_until
+from tests.integration.servers import Server, free_port, launch, start_corral, wait_until
 
 CLUSTER_TOKEN = "cluster-secret-9f2c"
 ADMIN_TOKEN = "admin-secret-41aa"
@@ -27,6 +29,8 @@ def worker_config(folder: Path, name: str, models: list[dict[str, Any]]) -> Path
             f'max_concurrency = {m.get("max_concurrency", 0)}',
             "",
         ]
+        if "sampling" in m:
+            lines += ["[models.sampling]", *(f"{k} = {v}" for k, v in m["sampling"].items()), ""]
     path = folder / f"{name}.toml"
     path.write_text("\n".join(lines))
     return path
@@ -39,12 +43,14 @@ class Cluster:
         self.processes: list[Server] = []
 
     def controller(
-        self, registry: str | None = None, admin_token: str | None = ADMIN_TOKEN, port: int | None = None
+        self, registry: str | None = None, admin_token: str | None = ADMIN_TOKEN, port: int | None = None,
+        extra: list[str] | None = None,
     ) -> Server:
         port = port or free_port()
         args = ["controller", "--port", str(port), "--cluster-token", CLUSTER_TOKEN]
         args += ["--registry", registry] if registry else []
         args += ["--admin-token", admin_token] if admin_token else []
+        args += extra or []
         server = launch(args, self.home, self.logs, port)
         self.processes.append(server)
         return wait_until(server, lambda: httpx.get(f"{server.url}/health", timeout=2).status_code == 200)
@@ -57,22 +63,23 @@ class Cluster:
         port: int | None = None,
         wait: bool = True,
         extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Server:
         """``join`` is ["--controller", URL] or ["--registry", URL]."""
         port = port or free_port()
         args = ["worker", *join, "--port", str(port), "--cluster-token", token]
         args += ["--config", str(config)] if config is not None else []
         args += ["--lease-ttl", "3", *(extra or [])]
-        server = launch(args, self.home, self.logs, port)
+        server = launch(args, self.home, self.logs, port, env)
         self.processes.append(server)
         if wait:
             wait_until(server, lambda: _worker_ready(server, token))
         return server
 
-    def gateway(self, join: list[str], extra: list[str] | None = None) -> Server:
+    def gateway(self, join: list[str], extra: list[str] | None = None, env: dict[str, str] | None = None) -> Server:
         port = free_port()
         args = ["gateway", *join, "--port", str(port), "--cluster-token", CLUSTER_TOKEN, *(extra or [])]
-        server = launch(args, self.home, self.logs, port)
+        server = launch(args, self.home, self.logs, port, env)
         self.processes.append(server)
         return wait_until(server, lambda: httpx.get(f"{server.url}/health", timeout=2).status_code == 200)
 
@@ -116,13 +123,15 @@ class Load:
     """Steady non-streaming chat traffic from background threads; ``stop`` returns the
     status codes seen."""
 
-    def __init__(self, url: str, model: str, threads: int = 2, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, model: str, threads: int = 2, headers: dict[str, str] | None = None, max_tokens: int = 3
+    ) -> None:
         import threading
 
         self.statuses: list[int] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._url, self._model, self._headers = url, model, headers or {}
+        self._url, self._model, self._headers, self._max_tokens = url, model, headers or {}, max_tokens
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         for t in self._threads:
             t.start()
@@ -132,7 +141,7 @@ class Load:
 
         with httpx.Client(timeout=60, headers=self._headers) as client:
             while not self._stop.is_set():
-                body = {"model": self._model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+                body = {"model": self._model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": self._max_tokens}
                 resp = client.post(f"{self._url}/v1/chat/completions", json=body)
                 self.statuses.append(resp.status_code)
                 if resp.status_code != 200:
@@ -167,3 +176,24 @@ def wait_model(client: httpx.Client, name: str, check: Any, timeout: float = 120
                 return model
         time.sleep(0.1)
     raise AssertionError(f"{name} never satisfied the check; last: {model}")
+
+
+@contextmanager
+def standalone_and_cluster(
+    corral_home: Path, logs: Path, standalone_config: Path, worker_config: Path, models: list[str], timeout: float = 30,
+) -> Iterator[tuple[Server, Server, Cluster]]:
+    """``corral start`` on one config and a cluster (controller, one worker on the
+    other config, a gateway) with ``models`` ready on the gateway: the same requests
+    can then be sent to both. Yields (standalone, cluster gateway, cluster); stops everything."""
+    standalone = start_corral(["--config", str(standalone_config)], corral_home, logs)
+    cluster = Cluster(corral_home, logs)
+    try:
+        join = ["--controller", cluster.controller().url]
+        cluster.worker(join, worker_config)
+        gateway = cluster.gateway(join)
+        for model in models:
+            wait_for_instances(gateway, model, 1, timeout=timeout)
+        yield standalone, gateway, cluster
+    finally:
+        cluster.stop()
+        standalone.stop()

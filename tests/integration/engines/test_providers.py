@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from openai import APIStatusError, BadRequestError, OpenAI, RateLimitError
 
-from tests.integration.servers import Server, run_corral, start_corral
+from tests.integration.servers import Server, run_corral
 from tests.unit.engines.providers.fakes import TOOL_CALLS, VENDOR_WIRES, WORDS, FakeAnthropic, FakeVendor
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def fakes() -> Iterator[Upstreams]:
 @pytest.fixture(scope="module")
 def deployment(fakes: Upstreams, corral_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A standalone server, and a cluster (controller, worker, gateway) with the same models."""
-    from tests.integration.cluster.harness import Cluster, wait_for_instances
+    from tests.integration.cluster.harness import standalone_and_cluster
 
     logs = tmp_path_factory.mktemp("providers")
     key_file = logs / "azure.key"
@@ -98,23 +98,8 @@ def deployment(fakes: Upstreams, corral_home: Path, tmp_path_factory: pytest.Tem
     with pytest.MonkeyPatch.context() as env:  # the processes read the keys from their environment at start
         env.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
         env.setenv("DEEPSEEK_API_KEY", DEEPSEEK_KEY)
-        standalone = start_corral(["--config", str(config)], corral_home, logs)
-        cluster = Cluster(corral_home, logs)
-        try:
-            join = ["--controller", cluster.controller().url]
-            cluster.worker(join, config)
-            gateway = cluster.gateway(join)
-            for model in MODELS:
-                wait_for_instances(gateway, model, 1)
-        except BaseException:
-            cluster.stop()
-            standalone.stop()
-            raise
-    try:
-        yield Deployment(standalone, gateway, cluster)
-    finally:
-        cluster.stop()
-        standalone.stop()
+        with standalone_and_cluster(corral_home, logs, config, config, list(MODELS)) as (standalone, gateway, cluster):
+            yield Deployment(standalone, gateway, cluster)
     for server in cluster.processes + [standalone]:
         assert not any(key in server.log() for key in KEYS), f"a key leaked into {server.log_path}"
 

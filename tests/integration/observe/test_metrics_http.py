@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.cluster.harness import CLUSTER_TOKEN, Cluster, wait_for_instances, worker_config
+from tests.integration.conftest import DEMO_CONFIG, write_config
 from tests.integration.servers import Server, start_corral
 
 CHAT = "demo-chat"
@@ -97,7 +98,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(corral_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_corral([], corral_home, tmp_path_factory.mktemp("metrics-logs"))
+    config = write_config(tmp_path_factory.mktemp("metrics-config"), DEMO_CONFIG)
+    server = start_corral(["--config", str(config)], corral_home, tmp_path_factory.mktemp("metrics-logs"))
     yield server
     server.stop()
 

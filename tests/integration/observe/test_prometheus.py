@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.integration.conftest import DEMO_CONFIG, write_config
 from tests.integration.observe.test_metrics_http import CHAT, EMBED, send_traffic
 from tests.integration.servers import Server, free_port, start_corral
 
@@ -22,7 +23,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def server(corral_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_corral([], corral_home, tmp_path_factory.mktemp("prometheus-corral-logs"))
+    config = write_config(tmp_path_factory.mktemp("prometheus-config"), DEMO_CONFIG)
+    server = start_corral(["--config", str(config)], corral_home, tmp_path_factory.mktemp("prometheus-corral-logs"))
     yield server
     server.stop()
 

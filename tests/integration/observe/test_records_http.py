@@ -105,6 +105,7 @@ def test_chat_is_recorded_and_takes_feedback(plain: Recorded) -> None:
     row = plain.record(rid)  # feedback waited for the row: it is there now
     assert row is not None
     assert (row["model"], row["instance_id"], row["route"], row["stream"]) == (MODEL, instance, "chat", 0)
+    assert row["protocol"] == "openai"
     assert row["engine"] == "transformers"
     params = json.loads(row["params"])
     assert params["max_tokens"] == 4 and params["temperature"] == 0.7 and params["seed"] == 11

@@ -14,6 +14,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from corral.core.errors import ConfigError, Unavailable
+from corral.core.keys import Limits, VirtualKey, key_hash
 from corral.core.spec import ModelKind, ModelSpec
 from corral.core.state import AuditEvent, StateStore
 from corral.state.etcd import EtcdStateStore
@@ -234,3 +235,33 @@ async def test_unreachable_backends_raise_unavailable_without_the_password() -> 
         with pytest.raises(Unavailable, match=f"etcd state store unreachable.*127.0.0.1:{dead}"):
             await call
     await etcd_store.close()
+
+
+async def test_keys_round_trip_replace_and_delete(backend: tuple[str, Factory]) -> None:
+    """Virtual keys keep every field (limits nested), are listed by id, replaced by id,
+    and deleted; the stored form holds the hash, and a second store on the same URL
+    (another controller, a restart) sees them."""
+    kind, make = backend
+    store = await opened(make)
+    full = VirtualKey(
+        id="key_b", name="team ünï", secret_hash=key_hash("sk-corral-x"), created_at=1712345678.5, owner="ops",
+        models=("chat", "embed-*"), expires_at=1812345678.0, hint="abcd",
+        limits=Limits(rpm=5, tpm=1000, max_concurrency=2, budget_tokens=10_000, budget_requests=50, budget_period="month"),
+    )
+    plain = VirtualKey(id="key_a", name="a", secret_hash=key_hash("sk-corral-y"), created_at=1.0)
+    versions = [await store.keys_version()]
+    await store.put_key(full)
+    versions.append(await store.keys_version())
+    await store.put_key(plain)
+    versions.append(await store.keys_version())
+    assert await store.list_keys() == [plain, full]
+    assert await store.keys_version() == versions[-1]  # reading changes nothing
+    await store.put_key(dataclasses.replace(plain, name="renamed"))
+    await store.delete_key("key_missing")
+    if kind != "memory":
+        assert [k.name for k in await (await opened(make)).list_keys()] == ["renamed", "team ünï"]
+    versions.append(await store.keys_version())  # after a replace
+    await store.delete_key("key_b")
+    versions.append(await store.keys_version())
+    assert [k.id for k in await store.list_keys()] == ["key_a"]
+    assert len(set(versions)) == len(versions), versions  # every put and delete changed it

@@ -143,6 +143,30 @@ async def test_error_event_in_a_stream_is_an_error(serve) -> None:  # type: igno
     conn.close()
 
 
+def _ndjson(*lines: bytes) -> list[bytes]:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+    parts = [head] + [b"%x\r\n%s\r\n" % (len(line) + 1, line + b"\n") for line in lines]
+    return parts + [b"0\r\n\r\n"]
+
+
+async def test_ollama_json_lines_are_read_as_a_stream(serve) -> None:  # type: ignore[no-untyped-def]
+    parts = _ndjson(
+        b'{"model":"m","created_at":"t","message":{"role":"assistant","content":"Hel"},"done":false}',
+        b'{"model":"m","created_at":"t","message":{"role":"assistant","content":"lo"},"done":false}',
+        b'{"model":"m","created_at":"t","message":{"role":"assistant","content":""},"done":true,'
+        b'"done_reason":"stop","prompt_eval_count":4,"eval_count":2}',
+    )
+    target = await serve(Scripted([parts, _ndjson(b'{"message":{"content":"a"}}', b'{"error":"boom"}')]))
+    conn = await Connection.open(target)
+    gaps: array = array("d")  # type: ignore[type-arg]
+    ex = await conn.request(build_request(target, "POST", "/api/chat", b"{}"), gaps)
+    assert ex.status == 200 and ex.error is None and ex.sse and ex.ndjson
+    assert ex.text_events == 2 and len(gaps) == 1 and (ex.completion_tokens, ex.prompt_tokens) == (2, 4)
+    failed = await conn.request(build_request(target, "POST", "/api/chat", b"{}"))
+    assert failed.error == "stream error" and b"boom" in failed.content
+    conn.close()
+
+
 async def test_connection_close_and_body_until_eof(serve) -> None:  # type: ignore[no-untyped-def]
     script = Scripted([b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"])
     target = await serve(script)

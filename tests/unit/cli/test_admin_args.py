@@ -190,6 +190,22 @@ def test_build_spec_from_flags() -> None:
                                 "options": {"max_batch_size": 8, "dtype": "auto"}, "replicas": 2}
 
 
+def test_build_spec_resources_from_flags_over_the_file(tmp_path: Path) -> None:
+    args = parse("model", "deploy", "chat", "--engine", "transformers", "--source", "s", "--num-cpus", "1.5",
+                 "--num-gpus", "0", "--memory-gb", "8", "--resource", "nodeb=1", "--resource", "zone=0.5")
+    assert build_spec(args)["resources"] == {"num_cpus": 1.5, "num_gpus": 0.0, "memory_gb": 8.0,
+                                             "custom": {"nodeb": 1.0, "zone": 0.5}}
+    path = tmp_path / "m.toml"
+    path.write_text('[[models]]\nname = "m"\nkind = "llm"\nengine = "transformers"\nsource = "s"\n'
+                    "[models.resources]\nnum_cpus = 2\nmemory_gb = 4\n")
+    assert build_spec(parse("model", "deploy", "--file", str(path), "--num-cpus", "1"))["resources"] == {
+        "num_cpus": 1.0, "memory_gb": 4}
+    assert "resources" not in build_spec(parse("model", "deploy", "x", "--engine", "transformers", "--source", "s"))
+    for bad in (["--num-cpus", "-1"], ["--resource", "nodeb"], ["--resource", "nodeb=x"], ["--memory-gb", "0"]):
+        with pytest.raises(SystemExit):
+            parse("model", "deploy", "x", "--engine", "transformers", "--source", "s", *bad)
+
+
 def test_build_spec_kind_defaults_from_the_engine() -> None:
     args = parse("model", "deploy", "emb", "--engine", "sentence-transformers", "--source", "package:x")
     assert build_spec(args)["kind"] == "embedding"

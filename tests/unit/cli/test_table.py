@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from corral.cli.table import (
+from corral.fmt.table import (
     display_width,
     format_ago,
     format_detail,

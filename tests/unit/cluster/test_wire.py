@@ -10,22 +10,26 @@ from corral.core.types import (
     GenerationEnd,
     GenerationRequest,
     SamplingParams,
+    Tool,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
+    ToolMode,
     Usage,
 )
 
 
 def test_generation_request_round_trip() -> None:
     req = GenerationRequest(
-        request_id="r", model="m", sampling=SamplingParams(max_tokens=5, temperature=0.2, stop=("x",), seed=3, n=2),
+        request_id="r", model="m", sampling=SamplingParams(max_tokens=5, temperature=0.2, stop=("x",), seed=3, n=2, top_k=40, repetition_penalty=1.1),
         messages=(
             ChatMessage("user", "hi", name="ann"),
             ChatMessage("assistant", "", tool_calls=(ToolCall("c1", "f", '{"a": 1}'),)),
             ChatMessage("tool", "ok", tool_call_id="c1"),
         ),
         user="u", session="s", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
-        tools=({"type": "function", "function": {"name": "f"}},), tool_choice="required", parallel_tool_calls=False,
+        tools=(Tool("f", "does f", {"type": "object"}, True),), tool_choice=ToolChoice(ToolMode.REQUIRED),
+        parallel_tool_calls=False,
         response_format={"type": "json_object"},
     )
     assert wire.decode_generation(wire.encode_generation(req)) == req
@@ -39,3 +43,16 @@ def test_items_round_trip() -> None:
         GenerationEnd(Usage(3, 4)),
     ]
     assert [wire.decode_item(wire.encode_item(i)) for i in items] == items
+
+
+def test_errors_are_rebuilt_as_the_same_corral_error() -> None:
+    from corral.core.errors import EngineError, InstanceLost, Overloaded, Unavailable
+
+    # an engine whose upstream was lost mid-generation: the gateway must see InstanceLost
+    # (a whole answer is then retried on another instance), not a plain 503
+    for exc in (InstanceLost("lost the upstream mid-stream"), Unavailable("draining"), EngineError("boom"),
+                Overloaded("full", retry_after=2.0)):
+        body = wire.error_to_wire(exc)
+        rebuilt = wire.error_from_wire(exc.status, body)
+        assert type(rebuilt) is type(exc), (exc, rebuilt)
+        assert (rebuilt.message, rebuilt.code, rebuilt.status) == (exc.message, exc.code, exc.status)

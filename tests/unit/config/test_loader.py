@@ -8,7 +8,7 @@ import pytest
 
 from corral.config.loader import load_settings, validate_model_spec
 from corral.core.errors import ConfigError
-from corral.core.spec import ModelKind, ModelSpec, ServerSettings, Settings
+from corral.core.spec import ModelKind, ModelSpec, SamplingDefaults, ServerSettings, Settings
 
 FULL = """\
 # corral config
@@ -189,7 +189,44 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 def test_bad_replicas(tmp_path: Path) -> None:
     message = error_of(tmp_path, MODEL + "replicas = 0\n")
-    assert ":6: models[0].replicas: Input should be greater than or equal to 1" in message
+    assert ":6: models[0].replicas: must be at least 1 (0 replicas needs an [models.autoscale] table" in message
+    message = error_of(tmp_path, MODEL + "replicas = -1\n")
+    assert ":6: models[0].replicas: Input should be greater than or equal to 0" in message
+
+
+def test_autoscale_table(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(MODEL + "[models.autoscale]\nmin_replicas = 1\nmax_replicas = 3\ntarget_ttft_p90_s = 2.0\n")
+    spec = load_settings(path).models[0]
+    assert spec.autoscale is not None and spec.replicas == 1  # starts at min_replicas
+    assert (spec.autoscale.max_replicas, spec.autoscale.target_ttft_p90_s, spec.autoscale.upscale_delay_s) == (3, 2.0, 5.0)
+    message = error_of(tmp_path, MODEL + "[models.autoscale]\nmin_replicas = 2\nmax_replicas = 1\n")
+    assert ":6: models[0].autoscale: Value error, max_replicas (1) is below min_replicas (2)" in message
+    message = error_of(tmp_path, MODEL + "[models.autoscale]\nmax_replica = 3\n")
+    assert ":7: unknown key 'max_replica' in models[0].autoscale (did you mean 'max_replicas'?)" in message
+    message = error_of(tmp_path, MODEL + "[models.autoscale]\ntarget_in_flight = 0\n")
+    assert ":7: models[0].autoscale.target_in_flight: Input should be greater than 0" in message
+    message = error_of(tmp_path, MODEL + "replicas = 5\n[models.autoscale]\nmax_replicas = 3\n")
+    assert ":6: models[0].replicas: must be within autoscale.min_replicas..max_replicas (0..3)" in message
+
+
+def test_sampling_table(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(MODEL + "[models.sampling]\ntemperature = 0.2\ntop_p = 0.9\n")
+    spec = load_settings(path).models[0]
+    assert spec.sampling == SamplingDefaults(temperature=0.2, top_p=0.9)
+    assert spec.sampling.pairs() == (("temperature", 0.2), ("top_p", 0.9))
+    path.write_text(MODEL)
+    assert load_settings(path).models[0].sampling.pairs() == ()
+    message = error_of(tmp_path, MODEL + "[models.sampling]\ntemperature = 3.0\n")
+    assert ":7: models[0].sampling.temperature: Input should be less than or equal to 2" in message
+    message = error_of(tmp_path, MODEL + "[models.sampling]\ntop_p = 0\n")
+    assert ":7: models[0].sampling.top_p: Input should be greater than 0" in message
+    message = error_of(tmp_path, MODEL + "[models.sampling]\ntop_k = 40\n")
+    assert ":7: unknown key 'top_k' in models[0].sampling" in message
+    with pytest.raises(ConfigError, match="sampling.temperature"):
+        validate_model_spec(ModelSpec(name="m", kind=ModelKind.LLM, engine="transformers", source="x",
+                                      sampling=SamplingDefaults(temperature=-1.0)))
 
 
 def test_models_not_array_of_tables(tmp_path: Path) -> None:
@@ -242,3 +279,20 @@ def test_validate_model_spec_rejects(spec: ModelSpec, needle: str) -> None:
     assert message.startswith(f"model {spec.name!r}: ")
     assert needle in message
     assert ".toml" not in message
+
+
+def test_protocols_are_checked(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, '[server]\nprotocols = ["openai"]\n')).server.protocols == ("openai",)
+    assert ":2: server.protocols[0]: Input should be" in error_of(tmp_path, '[server]\nprotocols = ["gopher"]\n')
+    assert "names a protocol twice" in error_of(tmp_path, '[server]\nprotocols = ["openai", "openai"]\n')
+    assert "server.protocols: List should have at least 1 item" in error_of(tmp_path, "[server]\nprotocols = []\n")
+
+
+def test_default_key_limits_table(tmp_path: Path) -> None:
+    from corral.core.keys import Limits
+
+    settings = load_settings(write(tmp_path, "[server.key_limits]\nrpm = 60\nbudget_tokens = 1000\nbudget_period = \"month\"\n"))
+    assert settings.server.key_limits == Limits(rpm=60, budget_tokens=1000, budget_period="month")
+    assert load_settings(write(tmp_path, "[server]\nport = 8080\n")).server.key_limits == Limits()
+    assert "rpm" in error_of(tmp_path, "[server.key_limits]\nrpm = -1\n")
+    assert "budget_period" in error_of(tmp_path, "[server.key_limits]\nbudget_period = \"week\"\n")

@@ -326,6 +326,48 @@ async def test_generate_many_merges_and_releases(cluster: Cluster) -> None:
     assert cluster.in_flight() == 0
 
 
+class BoundedEngine(FakeEngine):
+    """Echoes the prompt; refuses (429) a generation beyond ``capacity`` running at once,
+    as an engine with a full queue does."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.running, self.most = capacity, 0, 0
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        if self.running >= self.capacity:
+            raise Overloaded("queue full")
+        self.running += 1
+        self.most = max(self.most, self.running)
+        return self._echo(request.prompt or "")
+
+    async def _echo(self, text: str) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0.001)
+            yield GenerationChunk(0, text, FinishReason.STOP)
+            yield GenerationEnd(Usage(1, 1))
+        finally:
+            self.running -= 1
+
+
+async def test_many_prompts_never_overflow_an_engine_by_themselves(cluster: Cluster) -> None:
+    """A request with more prompts than the engine admits at once still succeeds: its
+    prompts run a few at a time (whole and streamed), each choice at its prompt's index."""
+    engine = await cluster.add("only", BoundedEngine(capacity=10))
+    prompts = [GenerationRequest(f"r-{i}", "llm", SamplingParams(), prompt=f"p{i}") for i in range(40)]
+    pipeline = Pipeline(cluster.router)
+    _, choices, usage = await pipeline.complete_many(prompts, "completion")
+    assert [c.text for c in choices] == [f"p{i}" for i in range(40)] and usage == Usage(40, 40)
+    merged = await pipeline.generate_many(prompts, "completion")
+    texts: dict[int, str] = {}
+    async for item in merged:
+        if isinstance(item, GenerationChunk):
+            texts[item.index] = item.text
+    assert texts == {i: f"p{i}" for i in range(40)}
+    assert 1 < engine.most <= 8 and cluster.in_flight() == 0 and engine.running == 0
+
+
 # -- embed ----------------------------------------------------------------------------------
 
 

@@ -501,7 +501,7 @@ async def test_eject_duration_doubles_while_failing_up_to_eject_max(registry: Em
 
 
 async def test_all_ejected_are_tried_anyway(registry: EmbeddedRegistry, make_router) -> None:
-    r = await make_router(settings=RouterSettings(eject_after=1, eject_for=30.0))
+    r = await make_router(settings=RouterSettings(eject_after=1, eject_for=30.0, max_ejection_percent=100))
     await registry.put(rec("a"))
     await registry.put(rec("b"))
     await settle()
@@ -509,6 +509,48 @@ async def test_all_ejected_are_tried_anyway(registry: EmbeddedRegistry, make_rou
     r.failed(target_of(r, "b"))
     assert {(await pick(r)).instance_id for _ in range(4)} == {"a", "b"}
     assert r.has_routable("llm", "chat", set())
+
+
+async def test_the_only_instance_is_never_ejected(registry: EmbeddedRegistry, make_router) -> None:
+    r = await make_router(settings=RouterSettings(eject_after=2, eject_for=30.0))
+    await registry.put(rec("a"))
+    await settle()
+    a = target_of(r, "a")
+    for _ in range(10):
+        r.failed(a)
+    assert a.failures == 10  # seen failing ...
+    assert a.ejected_until == 0.0 and r.ejections_total == {}  # ... but kept in rotation
+    assert (await pick(r)).instance_id == "a"
+
+
+@pytest.mark.parametrize(
+    ("instances", "percent", "ejectable"), [(2, 50, 1), (3, 50, 1), (4, 50, 2), (4, 25, 1), (3, 100, 3)]
+)
+async def test_ejection_is_capped_at_max_ejection_percent(
+    registry: EmbeddedRegistry, make_router, instances: int, percent: float, ejectable: int
+) -> None:
+    r = await make_router(settings=RouterSettings(eject_after=1, eject_for=30.0, max_ejection_percent=percent))
+    names = [f"i{n}" for n in range(instances)]
+    for name in names:
+        await registry.put(rec(name))
+    await settle()
+    for name in names:
+        r.failed(target_of(r, name))
+    now = time.monotonic()
+    ejected = {name for name in names if target_of(r, name).ejected_until > now}
+    assert len(ejected) == ejectable
+    assert sum(r.ejections_total.values()) == ejectable
+    if ejectable < instances:  # the others keep the traffic
+        assert {(await pick(r)).instance_id for _ in range(20)} == set(names) - ejected
+
+
+async def test_an_instance_not_ready_does_not_count_for_the_cap(registry: EmbeddedRegistry, make_router) -> None:
+    r = await make_router(settings=RouterSettings(eject_after=1, eject_for=30.0))
+    await registry.put(rec("a"))
+    await registry.put(rec("b", state=InstanceState.STARTING))
+    await settle()
+    r.failed(target_of(r, "a"))
+    assert target_of(r, "a").ejected_until == 0.0  # the last ready instance
 
 
 async def test_health_check_brings_an_ejected_target_back(registry: EmbeddedRegistry, make_router) -> None:
@@ -570,6 +612,7 @@ async def test_success_after_health_check_recovery_resets_the_eject_duration(
     r = await make_router(settings=RouterSettings(eject_after=1, eject_for=5.0, health_interval=0.01),
                           health_check=health_check)
     await registry.put(rec("a"))
+    await registry.put(rec("b"))  # the only instance of a model is never ejected
     await settle()
     a = target_of(r, "a")
     r.failed(a)
@@ -719,3 +762,48 @@ async def test_tools_go_only_to_engines_that_honour_them(registry: EmbeddedRegis
     target = await router.acquire("agent", "chat", GenerationRequest("r", "agent", SamplingParams(), prompt="x", tools=tools))
     assert target.instance_id == "a1"
     router.release(target)
+
+
+# -- before the registry's first snapshot -------------------------------------------------
+
+
+class LateRegistry(EmbeddedRegistry):
+    """A registry whose watch delivers its snapshot only once ``opened`` is set: a gateway
+    that has just started, its watch still connecting to the controller."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    async def watch(self) -> AsyncIterator[Any]:
+        await self.opened.wait()
+        async for item in super().watch():
+            yield item
+
+
+async def test_a_request_before_the_first_snapshot_waits_for_it_instead_of_a_404() -> None:
+    registry = LateRegistry()
+    await registry.put(rec("a"))
+    router = Router(registry, resolve)
+    await router.start()
+    try:
+        early = asyncio.ensure_future(router.acquire("llm", "chat"))
+        await settle()
+        assert not early.done()  # the model is not unknown: the view is not complete yet
+        registry.opened.set()
+        target = await asyncio.wait_for(early, 5)
+        assert target.instance_id == "a"
+        router.release(target)
+    finally:
+        await router.stop()
+
+
+async def test_a_registry_that_never_answers_gives_503_not_404() -> None:
+    registry = LateRegistry()
+    router = Router(registry, resolve, RouterSettings(sync_timeout=0.05))
+    await router.start()
+    try:
+        with pytest.raises(Unavailable, match="not loaded the registry"):
+            await router.acquire("llm", "chat")
+    finally:
+        await router.stop()

@@ -61,7 +61,9 @@ async def registry() -> EmbeddedRegistry:
 
 @pytest.fixture
 async def router(registry: EmbeddedRegistry) -> AsyncIterator[Router]:
-    r = Router(registry, lambda record: object(), RouterSettings(eject_after=2, eject_for=30.0))
+    # no ejection cap: the test ejects a model's only ready instance to see it in the metrics
+    settings = RouterSettings(eject_after=2, eject_for=30.0, max_ejection_percent=100)
+    r = Router(registry, lambda record: object(), settings)
     await r.start()
     await registry.put(rec("a1", "llm"))
     await registry.put(rec("a2", "llm", state=InstanceState.STARTING))

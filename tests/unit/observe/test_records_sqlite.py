@@ -38,7 +38,7 @@ def _run(code: str) -> str:
 def test_importing_the_records_store_does_not_import_sqlalchemy() -> None:
     assert _run("""
         import sys
-        import corral.observe.records, corral.observe.setup, corral.gateway.service, corral.standalone
+        import corral.observe.records, corral.gateway.observability, corral.gateway.service, corral.standalone
         print('sqlalchemy' in sys.modules)
     """) == "False"
 
@@ -291,3 +291,29 @@ async def test_reads_a_file_written_by_the_sqlalchemy_path_and_back(tmp_path: Pa
     reader._db = SqlAlchemyRecords(f"sqlite:///{db}")  # type: ignore[assignment]  # the SQLAlchemy path reads it too
     assert await reader.query(0) == [*rows, written]
     await reader.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "sqlalchemy"])
+async def test_a_file_of_an_earlier_version_gets_the_new_columns(tmp_path: Path, backend: str) -> None:
+    """A store written before ``protocol`` existed is upgraded in place when opened: its
+    rows stay (read with ``protocol`` None) and new rows carry the column."""
+    from corral.observe.records_rows import ADDED_COLUMNS, COLUMNS
+
+    db = tmp_path / "records.db"
+    first = [c for c in COLUMNS if c not in ADDED_COLUMNS]
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"CREATE TABLE corral_requests ({', '.join(f'{n} {k}' for n, k in first)}, PRIMARY KEY (request_id))")
+        conn.execute("INSERT INTO corral_requests (request_id, time, route) VALUES ('old', 1.0, 'chat')")
+    if backend == "sqlite":
+        store: Any = SqliteRecords(f"sqlite:///{db}")
+    else:
+        from corral.observe.records_sqlalchemy import SqlAlchemyRecords
+
+        store = SqlAlchemyRecords(f"sqlite:///{db}")
+    await store.create()
+    await store.create()  # idempotent once upgraded
+    await store.insert([event_values(event("new", protocol="anthropic"))])
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT request_id, protocol FROM corral_requests").fetchall())
+    assert rows == {"old": None, "new": "anthropic"}

@@ -267,3 +267,17 @@ async def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     return await asyncio.to_thread(run_report, args)
+
+
+def test_per_key_table_counts_each_key_and_keyless_requests() -> None:
+    rows = [row(i, api_key_id="key_aaaa00000001", prompt_tokens=3, completion_tokens=4) for i in range(3)]
+    rows += [row(10 + i, api_key_id="key_bbbb00000002", outcome="error", http_status=429) for i in range(2)]
+    rows += [row(20)]  # a server without keys
+    html, text = build_report(rows, NOW - 3600, NOW)
+    table = text.split("KEY ID", 1)[1]
+    line_a = next(line for line in table.splitlines() if line.startswith("key_aaaa00000001"))
+    line_b = next(line for line in table.splitlines() if line.startswith("key_bbbb00000002"))
+    assert line_a.split()[1:3] == ["3", "0.0%"] and "9/12" in line_a
+    assert line_b.split()[1:3] == ["2", "100.0%"]
+    assert any(line.startswith("(none)") for line in table.splitlines())
+    assert "<h2>API keys</h2>" in html and "key_bbbb00000002" in html

@@ -156,3 +156,17 @@ async def test_cancelled_watch_task_unsubscribes() -> None:
     assert reg._watchers == set()
     await reg.put(rec("a"))  # nobody to deliver to; no error
     await watch.aclose()
+
+
+async def test_a_pause_of_the_process_does_not_expire_leases() -> None:
+    import time
+
+    reg = EmbeddedRegistry(sweep_interval=0.05)
+    await reg.put(rec("a"), ttl=0.3)
+    await asyncio.sleep(0.06)  # the sweeper runs
+    time.sleep(0.6)  # the whole process stalls (as under SIGSTOP) past the lease
+    await asyncio.sleep(0.1)
+    assert [r.instance_id for r in await reg.list()] == ["a"]  # a renewal can still arrive
+    await asyncio.sleep(0.6)
+    assert await reg.list() == []  # not renewed after the pause: it expires
+    await reg.close()

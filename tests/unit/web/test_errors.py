@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from corral.core.errors import (
     CorralError,
     EngineError,
+    ErrorKind,
     InvalidRequest,
     ModelNotFound,
     Overloaded,
@@ -28,7 +29,7 @@ def chat_error(body: bytes | str) -> InvalidRequest:
     err = from_validation(info.value)
     assert isinstance(err, InvalidRequest)
     assert err.status == 400
-    assert err.type == "invalid_request_error"
+    assert err.kind is ErrorKind.INVALID_REQUEST
     return err
 
 

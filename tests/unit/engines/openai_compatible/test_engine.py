@@ -123,8 +123,12 @@ async def test_upstream_request_is_built_from_the_sampling_params(engine: OpenAI
     assert "ignore_eos" not in body and "n" not in body  # only sent when they differ from the default
     assert headers["authorization"] == f"Bearer {KEY}"
     assert headers["x-request-id"] == "req-1"
+    assert "top_k" not in body and "repetition_penalty" not in body
     await drain(await engine.generate(chat(ignore_eos=True)))
     assert upstream.seen.bodies[-1]["ignore_eos"] is True
+    # vLLM's extensions, sent only when asked for, under vLLM's names
+    await drain(await engine.generate(chat(top_k=40, repetition_penalty=1.1)))
+    assert (upstream.seen.bodies[-1]["top_k"], upstream.seen.bodies[-1]["repetition_penalty"]) == (40, 1.1)
 
 
 async def test_length_finish_reason(engine: OpenAICompatibleEngine) -> None:

@@ -14,7 +14,10 @@ from corral.core.types import (
     GenerationChunk,
     GenerationRequest,
     SamplingParams,
+    Tool,
     ToolCall,
+    ToolChoice,
+    ToolMode,
 )
 from corral.engines.catalog import get_entry
 from corral.engines.openai_compatible.engine import OpenAICompatibleEngine
@@ -22,7 +25,7 @@ from corral.gateway.pipeline import collect
 from corral.core.spec import ModelKind, ModelSpec
 from tests.unit.engines.openai_compatible.fake_upstream import KEY, TOOL_CALLS, FakeUpstream
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}, "x-vendor": 1}}
+WEATHER = Tool("get_weather", parameters={"type": "object"})
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,10 @@ def test_declares_both_capabilities(engine: OpenAICompatibleEngine) -> None:
 
 
 async def test_tools_and_history_go_upstream_as_given(engine: OpenAICompatibleEngine, upstream: FakeUpstream) -> None:
-    req = request(tools=(WEATHER,), tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                  parallel_tool_calls=False)
+    req = request(tools=(WEATHER,), tool_choice=ToolChoice(ToolMode.NAMED, "get_weather"), parallel_tool_calls=False)
     await collect(await engine.generate(req), 1)
     body = upstream.seen.bodies[-1]
-    assert body["tools"] == [WEATHER]  # vendor extras kept
+    assert body["tools"] == [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert body["parallel_tool_calls"] is False
     assert body["messages"][1] == {

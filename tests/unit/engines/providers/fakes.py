@@ -324,6 +324,8 @@ class FakeAnthropic(LoopbackServer):
             return "temperature: must be between 0 and 1"
         if "temperature" in body and "top_p" in body:
             return "temperature and top_p cannot both be specified"
+        if "top_k" in body and not (isinstance(body["top_k"], int) and body["top_k"] >= 0):
+            return "top_k: Input should be greater than or equal to 0"
         tool_ids: set[str] = set()
         for i, turn in enumerate(body.get("messages") or ()):
             if turn.get("role") not in ("user", "assistant"):

@@ -19,8 +19,11 @@ from corral.core.types import (
     GenerationChunk,
     GenerationRequest,
     SamplingParams,
+    Tool,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
+    ToolMode,
 )
 from corral.engines.anthropic.engine import AnthropicEngine
 from corral.engines.anthropic.wire import messages_body
@@ -29,8 +32,7 @@ from corral.gateway.pipeline import collect
 from tests.unit.engines.providers.fakes import TOOL_CALLS, WORDS, FakeAnthropic
 
 KEY = "sk-ant-SECRET-777"
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "weather of a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = Tool("get_weather", "weather of a city", {"type": "object", "properties": {"city": {"type": "string"}}})
 HISTORY = (
     ChatMessage("system", "be brief"),
     ChatMessage("user", "weather in Paris and the time?"),
@@ -69,15 +71,15 @@ def test_history_becomes_messages_api_turns() -> None:
         ]},
     ]
     assert body["tools"] == [{"name": "get_weather", "description": "weather of a city",
-                              "input_schema": WEATHER["function"]["parameters"]}]  # type: ignore[index]
+                              "input_schema": WEATHER.parameters}]
     assert "tool_choice" not in body  # auto is the API's default
 
 
 @pytest.mark.parametrize(("choice", "parallel", "expected"), [
-    ("auto", False, {"type": "auto", "disable_parallel_tool_use": True}),
-    ("required", None, {"type": "any"}),
-    ("none", False, {"type": "none"}),
-    ({"type": "function", "function": {"name": "get_weather"}}, None, {"type": "tool", "name": "get_weather"}),
+    (ToolChoice(ToolMode.AUTO), False, {"type": "auto", "disable_parallel_tool_use": True}),
+    (ToolChoice(ToolMode.REQUIRED), None, {"type": "any"}),
+    (ToolChoice(ToolMode.NONE), False, {"type": "none"}),
+    (ToolChoice(ToolMode.NAMED, "get_weather"), None, {"type": "tool", "name": "get_weather"}),
 ])
 def test_tool_choice_mapping(choice: object, parallel: bool | None, expected: dict[str, object]) -> None:
     body = messages_body("m", req(tools=(WEATHER,), tool_choice=choice, parallel_tool_calls=parallel), 10)
@@ -88,10 +90,11 @@ def test_sampling_mapping_and_refusals() -> None:
     body = messages_body("m", req(temperature=1.7), 128)
     assert body["temperature"] == 1.0 and body["max_tokens"] == 128  # clamped to [0, 1]; the default limit
     assert messages_body("m", req(top_p=0.5), 128)["top_p"] == 0.5
+    assert messages_body("m", req(top_k=40), 128)["top_k"] == 40  # native
+    assert "top_k" not in messages_body("m", req(), 128)
     refused = [(req(n=2), "n"), (req(seed=1), "seed"), (req(presence_penalty=0.5), "presence_penalty"),
-               (req(ignore_eos=True), "ignore_eos"),
-               (GenerationRequest("r", "claude", SamplingParams(), prompt="Once"), "prompt"),
-               (req(tools=({"type": "web_search"},)), "tools[0]")]
+               (req(ignore_eos=True), "ignore_eos"), (req(repetition_penalty=1.1), "repetition_penalty"),
+               (GenerationRequest("r", "claude", SamplingParams(), prompt="Once"), "prompt")]
     for request, param in refused:
         with pytest.raises(InvalidRequest) as info:
             messages_body("m", request, 10)

@@ -15,7 +15,7 @@ import pytest
 from corral.core.engine import Embedding, StructuredOutput, TextGeneration, ToolCalling
 from corral.core.errors import ConfigError, EngineError, InstanceLost, InvalidRequest, Overloaded, Unreachable
 from corral.core.spec import ModelKind, ModelSpec
-from corral.core.types import ChatMessage, EmbeddingRequest, GenerationRequest, SamplingParams
+from corral.core.types import ChatMessage, EmbeddingRequest, GenerationRequest, SamplingParams, Tool, ToolChoice, ToolMode
 from corral.engines.catalog import all_entries, get_entry
 from corral.engines.openai_compatible.engine import OpenAICompatibleEngine
 from corral.engines.openai_compatible.providers import PROVIDERS
@@ -137,14 +137,15 @@ async def test_tool_calls_and_response_format_pass_through(vendor: FakeVendor) -
     eng = await started(vendor, "tools")
     try:
         assert isinstance(eng, ToolCalling) and isinstance(eng, StructuredOutput)
-        tools = ({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},)
-        choices, usage = await collect(await eng.generate(chat(tools=tools, tool_choice="auto",
+        tools = (Tool("get_weather", parameters={"type": "object"}),)
+        choices, usage = await collect(await eng.generate(chat(tools=tools, tool_choice=ToolChoice(ToolMode.AUTO),
                                                                response_format={"type": "json_object"})), 1)
         assert choices[0].finish == "tool_calls" and usage.completion_tokens == 3
         assert [(c.id, c.name, c.arguments) for c in choices[0].tool_calls] == [
             (f"call_{i}", name, args) for i, (name, args) in enumerate(TOOL_CALLS)
         ]
-        assert vendor.last.body["tools"] == list(tools) and vendor.last.body["response_format"] == {"type": "json_object"}
+        wire = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+        assert vendor.last.body["tools"] == wire and vendor.last.body["tool_choice"] == "auto" and vendor.last.body["response_format"] == {"type": "json_object"}
     finally:
         await eng.stop()
 
@@ -156,11 +157,15 @@ async def test_what_the_vendor_cannot_honour_is_a_400_before_sending(engine: Ope
         refusals.append((chat(n=provider.max_n + 1), "n"))
     if "seed" in provider.unsupported:
         refusals.append((chat(seed=7), "seed"))
+    if "top_k" in provider.unsupported:
+        refusals.append((chat(top_k=40), "top_k"))
+    if "repetition_penalty" in provider.unsupported:
+        refusals.append((chat(repetition_penalty=1.1), "repetition_penalty"))
     if "json_schema" not in provider.response_formats:
         schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
         refusals.append((chat(response_format=schema), "response_format"))
     if not provider.tool_choice_required:
-        refusals.append((chat(tools=({"type": "function", "function": {"name": "f"}},), tool_choice="required"), "tool_choice"))
+        refusals.append((chat(tools=(Tool("f"),), tool_choice=ToolChoice(ToolMode.REQUIRED)), "tool_choice"))
     if not provider.completions:
         refusals.append((GenerationRequest("r-2", "cloud", SamplingParams(), prompt="Once"), "prompt"))
     before = len(vendor.received)
@@ -172,9 +177,10 @@ async def test_what_the_vendor_cannot_honour_is_a_400_before_sending(engine: Ope
     assert len(vendor.received) == before  # nothing went upstream
     assert engine.load().in_flight == 0
     expected = {
-        "deepseek": {"ignore_eos", "n", "seed", "response_format", "prompt"},
-        "moonshot": {"ignore_eos", "n", "seed", "response_format", "tool_choice", "prompt"},
-        "openai": {"ignore_eos"},
+        "deepseek": {"ignore_eos", "top_k", "repetition_penalty", "n", "seed", "response_format", "prompt"},
+        "moonshot": {"ignore_eos", "top_k", "repetition_penalty", "n", "seed", "response_format", "tool_choice", "prompt"},
+        "openai": {"ignore_eos", "top_k", "repetition_penalty"},
+        "dashscope": {"ignore_eos", "n", "response_format", "prompt"},  # takes top_k and repetition_penalty
     }
     if vendor.wire.vendor in expected:
         assert {param for _, param in refusals} == expected[vendor.wire.vendor]

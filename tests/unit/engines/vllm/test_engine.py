@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral.core.engine import Engine, TextGeneration
-from corral.core.errors import ConfigError, EngineError, InvalidRequest, Unavailable
+from corral.core.errors import ConfigError, EngineError, InvalidRequest, Overloaded, Unavailable
 from corral.core.types import (
     ChatMessage,
     FinishReason,
@@ -27,6 +27,7 @@ from corral.core.types import (
     Usage,
 )
 from corral.engines.catalog import get_entry
+from corral.engines.vllm import engine as engine_module
 from corral.engines.vllm.options import VLLMOptions
 from tests.unit.engines.vllm.conftest import SOURCE, Factory
 
@@ -110,13 +111,14 @@ async def test_sampling_parameters_are_forwarded(make: Factory, fake_vllm: Modul
     engine, llm = await make(max_model_len=100)
     request = chat(
         "s", max_tokens=7, temperature=0.7, top_p=0.9, seed=11, n=2, stop=("zulu", "yankee"),
-        ignore_eos=True, presence_penalty=0.5, frequency_penalty=0.25,
+        ignore_eos=True, presence_penalty=0.5, frequency_penalty=0.25, top_k=40, repetition_penalty=1.3,
     )
     await run(engine, request)
     params = only(llm.requests.values()).sampling_params
     assert (params.max_tokens, params.temperature, params.top_p, params.seed, params.n) == (7, 0.7, 0.9, 11, 2)
     assert params.stop == ["zulu", "yankee"]
     assert (params.ignore_eos, params.presence_penalty, params.frequency_penalty) == (True, 0.5, 0.25)
+    assert (params.top_k, params.repetition_penalty) == (40, 1.3)
 
     # no max_tokens: the room left in the context, never vLLM's default of 16
     await run(engine, completion(rid="room", ignore_eos=True))
@@ -196,6 +198,7 @@ async def test_closing_a_started_stream_aborts_the_vllm_request(make: Factory) -
     vllm_id = only(llm.requests)
     await settle(lambda: llm.aborted)
     assert llm.aborted == [vllm_id]
+    assert llm.self_aborted == [vllm_id]  # vLLM 0.33 aborts a closed generate by itself too
     load = engine.load()
     assert (load.in_flight, load.completed_total, load.cancelled_total) == (0, 0, 1)
 
@@ -239,12 +242,33 @@ async def test_engine_failure_mid_stream_is_an_engine_error(make: Factory) -> No
     engine, llm = await make()
     stream = await engine.generate(chat(max_tokens=1000, ignore_eos=True))
     await anext(stream)
-    llm.shutdown()  # the engine dies under the request
-    with pytest.raises(EngineError, match="EngineDeadError"):
+    llm.die()  # the engine core dies under the request
+    with pytest.raises(EngineError, match="EngineDeadError") as info:
         async for _ in stream:
             pass
-    assert engine.load().in_flight == 0
+    assert info.value.status == 500
+    load = engine.load()
+    assert load.in_flight == 0
+    assert load.failure is not None and "EngineDeadError" in load.failure  # the worker marks the instance failed
     await settle(lambda: llm.aborted)
+
+
+async def test_an_unexpected_vllm_failure_is_a_500_naming_its_cause(
+    make: Factory, fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM wraps what it did not expect in EngineGenerateError (async_llm.py:838-851)."""
+    engine, llm = await make()
+
+    def broken(prompt: Any) -> list[int]:
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(llm, "_prompt_ids", broken)
+    with pytest.raises(EngineError, match="RuntimeError: tokenizer exploded") as info:
+        await run(engine, chat(max_tokens=3))
+    assert (info.value.status, info.value.code) == (500, "engine_error")
+    assert engine.load().failure is None  # recoverable: the next request is served
+    monkeypatch.undo()
+    assert (await run(engine, chat(max_tokens=2, ignore_eos=True))).usage.completion_tokens == 2
 
 
 # -- admission errors ----------------------------------------------------------------------
@@ -262,12 +286,78 @@ async def test_max_tokens_beyond_max_model_len_is_a_400(make: Factory) -> None:
     assert llm.requests == {} and engine.load().in_flight == 0
 
 
-async def test_sampling_values_vllm_refuses_are_a_400(make: Factory) -> None:
+@pytest.mark.parametrize(
+    ("sampling", "param"),
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),  # the old fake accepted it
+        ({"top_p": 0.0, "temperature": 1.0}, "top_p"),
+        ({"stop": ("",)}, "stop"),  # the old fake accepted it; vLLM names no parameter
+        ({"presence_penalty": 3.0}, "presence_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),  # vLLM names no parameter
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"top_k": -2, "temperature": 1.0}, "top_k"),
+    ],
+)
+async def test_sampling_values_vllm_refuses_are_a_400(make: Factory, sampling: dict[str, Any], param: str) -> None:
+    """vLLM raises VLLMValidationError, which is no ValueError (vllm/exceptions.py:28);
+    Corral's HTTP validation refuses these first, but an engine must not 500 on them."""
     engine, llm = await make()
-    with pytest.raises(InvalidRequest, match="temperature") as info:
-        await engine.generate(chat(temperature=-1.0))
-    assert info.value.status == 400
+    with pytest.raises(InvalidRequest) as info:
+        await engine.generate(chat(**sampling))
+    assert (info.value.status, info.value.param, info.value.code) == (400, param, "invalid_value")
+    assert "(parameter=" not in info.value.message
+    assert engine.load().in_flight == 0 and llm.requests == {}
+
+
+async def test_a_refusal_inside_vllms_stream_is_a_400(make: Factory) -> None:
+    """vLLM validates the prompt when generate starts (input_processor.py:557-603); a
+    refusal the adapter did not foresee (here, a context smaller than at start) is a 400."""
+    engine, llm = await make(max_model_len=64)
+    llm.model_config.max_model_len = 3
+    with pytest.raises(InvalidRequest, match="maximum model length") as info:
+        await run(engine, completion("one two three four", max_tokens=2))
+    assert (info.value.status, info.value.param) == (400, "prompt")
     assert engine.load().in_flight == 0
+
+
+async def test_a_full_vllm_queue_is_429(make: Factory) -> None:
+    """``max_num_queued_reqs`` (async_llm.py:325-383) raises QueueOverflowError, a
+    GracefulHTTPError: Corral's Overloaded, retried by clients."""
+    engine, llm = await make(engine_args={"max_num_queued_reqs": 2})
+    busy = await engine.generate(completion(rid="busy", n=2, temperature=1.0, max_tokens=1000, ignore_eos=True))
+    await anext(busy)
+    with pytest.raises(Overloaded) as info:
+        await run(engine, chat(rid="late", max_tokens=2))
+    assert (info.value.status, info.value.code) == (429, "overloaded")
+    assert [k for k in llm.requests if k.startswith("late")] == []
+    await busy.aclose()
+    await settle(lambda: not llm._running)
+    assert (await run(engine, chat(rid="later", max_tokens=2, ignore_eos=True))).usage.completion_tokens == 2
+
+
+async def test_greedy_choices_are_fanned_out_as_openai_answers_them(make: Factory, fake_vllm: ModuleType) -> None:
+    """vLLM refuses temperature 0 with n > 1 (sampling_params.py:769-773); OpenAI answers
+    n greedy choices: n requests of one choice each, read together."""
+    engine, llm = await make()
+    with pytest.raises(fake_vllm.exceptions.VLLMValidationError):
+        fake_vllm.SamplingParams(n=3, temperature=0.0)  # the rule the fan-out works around
+    result = await run(engine, completion(n=3, temperature=0.0, max_tokens=5, ignore_eos=True))
+    assert len(set(result.texts)) == 1 and len(result.texts[0].split()) == 5
+    assert result.finish == [FinishReason.LENGTH] * 3
+    assert result.usage.completion_tokens == 15
+    recorded = list(llm.requests.values())
+    assert len(recorded) == 3 and len(set(llm.requests)) == 3
+    assert all((r.sampling_params.n, r.sampling_params.temperature) == (1, 0.0) for r in recorded)
+    assert (engine.load().completed_total, engine.load().in_flight) == (1, 0)
+
+    stream = await engine.generate(chat("fan", n=2, temperature=0.0, max_tokens=1000, ignore_eos=True))
+    await anext(stream)
+    await stream.aclose()  # every request of the fan-out is aborted
+    fanned = [k for k in llm.requests if k.startswith("fan")]
+    assert len(fanned) == 2
+    await settle(lambda: sorted(llm.aborted) == sorted(fanned))
+    await settle(lambda: not llm._running)
 
 
 async def test_chat_needs_a_chat_template(make: Factory) -> None:
@@ -276,6 +366,21 @@ async def test_chat_needs_a_chat_template(make: Factory) -> None:
         await engine.generate(chat())
     assert info.value.param == "messages"
     assert (await run(engine, completion(max_tokens=2, ignore_eos=True))).usage.completion_tokens == 2
+
+
+async def test_chat_on_a_mistral_tokenizer(make: Factory) -> None:
+    """vLLM's MistralTokenizer has apply_chat_template but no chat_template attribute."""
+    engine, llm = await make(source="mistralai/fake-mistral-7b")
+    assert not hasattr(llm.tokenizer, "chat_template")
+    result = await run(engine, chat(max_tokens=3, ignore_eos=True))
+    expected = llm.tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in CHAT], add_generation_prompt=True
+    )
+    assert only(llm.requests.values()).prompt_token_ids == expected
+    assert result.usage == Usage(len(expected), 3)
+    with pytest.raises(InvalidRequest, match="last message is from the assistant") as info:
+        await engine.generate(chat(messages=(*CHAT, ChatMessage("assistant", "Hi"))))
+    assert (info.value.status, info.value.param) == (400, "messages")
 
 
 async def test_a_template_refusal_is_a_400(make: Factory) -> None:
@@ -308,12 +413,12 @@ async def test_options_are_forwarded_into_engine_args(make: Factory, fake_vllm: 
     _, llm = await make(
         tensor_parallel_size=2, gpu_memory_utilization=0.5, max_model_len=512, quantization="awq", dtype="float16",
         enforce_eager=True, max_num_seqs=8, trust_remote_code=True, seed=0,
-        engine_args={"enable_prefix_caching": True, "swap_space": 2},
+        engine_args={"enable_prefix_caching": True, "max_num_queued_reqs": 64},
     )
     expected = fake_vllm.AsyncEngineArgs(
         model=SOURCE, tensor_parallel_size=2, gpu_memory_utilization=0.5, max_model_len=512, quantization="awq",
         dtype="float16", enforce_eager=True, max_num_seqs=8, trust_remote_code=True, seed=0,
-        enable_prefix_caching=True, swap_space=2,
+        enable_prefix_caching=True, max_num_queued_reqs=64,
     )
     assert llm.engine_args == expected
     _, bare = await make()
@@ -326,6 +431,8 @@ async def test_unknown_engine_args_key_fails_the_start_naming_it(make: Factory, 
     assert "options.engine_args.enable_prefix_cachin" in info.value.message
     assert "did you mean 'enable_prefix_caching'" in info.value.message
     assert info.value.param == "options.engine_args.enable_prefix_cachin"
+    with pytest.raises(ConfigError, match="swap_space"):  # gone from vLLM 0.33's EngineArgs
+        await make(engine_args={"swap_space": 4})
     assert fake_vllm.v1.engine.async_llm.AsyncLLM.instances == []  # refused before loading anything
 
 
@@ -352,6 +459,51 @@ async def test_stop_shuts_vllm_down(make: Factory) -> None:
         await engine.generate(chat())
 
 
+async def test_stop_ends_the_streams_in_flight_with_an_error(make: Factory) -> None:
+    """vLLM's shutdown ends no stream (async_llm.py:305-317): stop aborts them first."""
+    engine, llm = await make()
+    one = await engine.generate(chat("one", max_tokens=1000, ignore_eos=True))
+    fan = await engine.generate(completion(rid="fan", n=2, temperature=0.0, max_tokens=1000, ignore_eos=True))
+    unread = await engine.generate(chat("unread", max_tokens=1000, ignore_eos=True))
+    await anext(one)
+    await anext(fan)
+    readers = [asyncio.create_task(_drain(s)) for s in (one, fan)]  # as the HTTP responses read them
+    await asyncio.wait_for(engine.stop(), 4)  # well within STOP_WAIT: the aborted streams end at once
+    assert llm.is_shut_down
+    assert set(llm.requests) == {"one-0", "fan-1", "fan-1.1"}  # the fan-out: one request per greedy choice
+    assert set(llm.requests) <= set(llm.aborted)
+    for reader in readers:
+        with pytest.raises(Unavailable, match="stopped while generating"):
+            await asyncio.wait_for(reader, 30)
+    with pytest.raises(Unavailable, match="stopping"):  # never started: vLLM is not asked any more
+        await asyncio.wait_for(_drain(unread), 30)
+    assert [k for k in llm.requests if k.startswith("unread")] == []
+    load = engine.load()
+    assert (load.in_flight, load.completed_total) == (0, 0)
+
+
+async def test_stop_is_bounded_when_vllm_never_answers_an_abort(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, llm = await make()
+    stream = await engine.generate(chat(max_tokens=1000, ignore_eos=True))
+    await anext(stream)
+
+    async def deaf(request_id: Any, internal: bool = False) -> None:
+        pass
+
+    monkeypatch.setattr(llm, "abort", deaf)
+    monkeypatch.setattr(engine_module, "STOP_WAIT", 0.2)
+    await asyncio.wait_for(engine.stop(), 10)
+    assert llm.is_shut_down
+    await stream.aclose()
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
 async def test_prefers_async_llm_and_falls_back_to_async_llm_engine(
     make: Factory, fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,11 +516,15 @@ async def test_prefers_async_llm_and_falls_back_to_async_llm_engine(
     assert (await run(engine, chat(max_tokens=2, ignore_eos=True))).finish == [FinishReason.LENGTH]
 
 
-async def test_a_synchronous_get_tokenizer_is_accepted(
+async def test_an_awaitable_get_tokenizer_is_accepted(
     make: Factory, fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """vLLM after 0.10 made ``get_tokenizer`` a plain method."""
-    monkeypatch.setattr(fake_vllm.v1.engine.async_llm.AsyncLLM, "get_tokenizer", lambda self: self.tokenizer)
+    """``get_tokenizer`` was a coroutine in vLLM 0.10; a plain method in 0.33 (async_llm.py:1119)."""
+
+    async def get_tokenizer(self: Any) -> Any:
+        return self.tokenizer
+
+    monkeypatch.setattr(fake_vllm.v1.engine.async_llm.AsyncLLM, "get_tokenizer", get_tokenizer)
     engine, _ = await make()
     assert (await run(engine, chat(max_tokens=2, ignore_eos=True))).usage.completion_tokens == 2
 

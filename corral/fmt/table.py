@@ -2,7 +2,8 @@
 
 ``render_table(headers, rows)`` pads every column to its widest cell, left-aligns text and
 right-aligns numbers (a column whose non-empty cells are all ``int``/``float``; override
-with ``align``), cuts cells longer than ``max_cell`` with ``...`` and, given ``width``,
+with ``align``), cuts cells longer than ``max_cell`` display columns with ``...`` (however
+long the cell: what a client typed may reach a table) and, given ``width``,
 shrinks the widest columns until the table fits. ``None`` renders as an empty cell;
 newlines and other control characters become spaces. Wide (CJK) characters count as two
 columns. Also here: small cell formatters shared by the commands (durations, ages, times).
@@ -21,17 +22,20 @@ Align = Literal["l", "r"]
 
 ELLIPSIS = "..."
 GAP = "  "
+_ZERO_WIDTH = ("Mn", "Me", "Cf")  # marks, and format characters such as the emoji joiner U+200D
 MIN_SHRINK = 8  # a column shrunk to fit ``width`` keeps at least this many columns (or its header)
 
 
-def _text(cell: Cell) -> str:
+def _text(cell: Cell, limit: int) -> str:
+    """The cell as one line; only its first ``limit`` characters and one more are looked at
+    (a cell may be a 100,000-character string a client sent: it is cut anyway)."""
     if cell is None:
         return ""
     if isinstance(cell, float):
         text = f"{cell:.1f}" if abs(cell) < 1e15 else f"{cell:g}"
     else:
         text = str(cell)
-    return "".join(" " if (c < " " or c == "\x7f") else c for c in text)
+    return "".join(" " if (c < " " or c == "\x7f") else c for c in text[: limit + 1])
 
 
 def _is_number(cell: Cell) -> bool:
@@ -40,7 +44,7 @@ def _is_number(cell: Cell) -> bool:
 
 def char_width(char: str) -> int:
     """Terminal columns taken by one character: 2 for wide East Asian, 0 for combining marks."""
-    if unicodedata.combining(char):
+    if unicodedata.combining(char) or unicodedata.category(char) in _ZERO_WIDTH:
         return 0
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
@@ -111,8 +115,8 @@ def render_table(
             ) else "l"
             for i in range(ncols)
         ]
-    texts = [[truncate(_text(c), max_cell) for c in row] for row in full_rows]
-    head = [truncate(_text(h), max_cell) for h in headers]
+    texts = [[truncate(_text(c, max_cell), max_cell) for c in row] for row in full_rows]
+    head = [truncate(_text(h, max_cell), max_cell) for h in headers]
     widths = [max([display_width(head[i])] + [display_width(r[i]) for r in texts]) for i in range(ncols)]
     if width is not None:
         allowed = range(ncols) if shrink is None else shrink

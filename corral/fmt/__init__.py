@@ -1,0 +1,1 @@
+"""Plain-text formatting shared by the CLI and the reports (tables, durations)."""

@@ -1,0 +1,1 @@
+"""The Anthropic Messages front-end (``/v1/messages``)."""

@@ -1,0 +1,1 @@
+"""Ollama's API wire types (``/api/...``): pydantic request models and response builders."""
