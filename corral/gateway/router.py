@@ -12,6 +12,9 @@ down. Only failures count: a refusal for load (``Overloaded``, the gateway's or 
 engine's queue) is not one.
 With ``max_concurrency`` set on a model, requests beyond it wait in a bounded queue.
 
+A model whose instances are all starting (loading, or restarting in place after an
+engine crash) holds its requests in that queue too, up to ``queue_timeout``, so an
+in-place restart is a pause, not a burst of 503s.
 An autoscaled model has a ``standby`` record (published by its manager, never routed
 to): while it has no ready instance (scaled to zero, or waking), requests wait in the
 same queue, up to the record's ``cold_start_timeout_s``, instead of getting a 503, and
@@ -193,6 +196,9 @@ class Router:
                 return target.record
         return None
 
+    def _starting(self, model: str) -> bool:
+        return any(t.record.state is InstanceState.STARTING for t in self._by_model.get(model, ()))
+
     def _has_ready(self, model: str) -> bool:
         return any(t.record.state is InstanceState.READY and t.client is not None for t in self._by_model.get(model, ()))
 
@@ -240,8 +246,11 @@ class Router:
                 )
         ready = [t for t in ready if t.instance_id not in exclude]
         healthy = [t for t in ready if t.ejected_until <= now] or ready  # all ejected: try anyway
-        if not healthy and self._standby(model) is not None and not exclude:
-            return [], []  # an autoscaled model waking up: the caller waits for it
+        if not healthy and not exclude and (self._standby(model) is not None or self._starting(model)):
+            # an autoscaled model waking up, or an instance (re)starting (an in-place
+            # engine restart is published a beat after the engine has recovered): the
+            # caller waits for it rather than turning a restart into 503s
+            return [], []
         if not healthy:
             states = ", ".join(sorted({t.record.state.value for t in targets})) or "none"
             raise Unavailable(f"model {model!r} has no ready instance (instances: {states}); retry shortly")
@@ -250,10 +259,10 @@ class Router:
 
     def has_routable(self, model: str, capability: str, exclude: set[str], needs: frozenset[str] = frozenset()) -> bool:
         try:
-            self._routable(model, capability, exclude, needs)
+            free, held = self._routable(model, capability, exclude, needs)
         except (ModelNotFound, InvalidRequest, Unavailable):
             return False
-        return True
+        return bool(free or held)  # neither: only waking or starting instances
 
     def _choose(self, model: str, targets: list[Target], request: GenerationRequest | None) -> Target:
         policy = targets[0].record.routing
@@ -295,6 +304,11 @@ class Router:
                     raise Unavailable(
                         f"model {model!r} is scaled to zero and no instance was ready within {timeout:.0f}s"
                         f"{self._wake_problem(model)}; retry shortly"
+                    )
+                if remaining <= 0 and not self._has_ready(model):
+                    raise Unavailable(
+                        f"model {model!r} has no ready instance: its instances were still starting after "
+                        f"{timeout:.0f}s{self._wake_problem(model)}; retry shortly"
                     )
                 if remaining <= 0:
                     raise Overloaded(

@@ -7,7 +7,9 @@ writer, never on a request: after a write (at most every ``check_every_s``, or s
 once about ``STEP`` of the bound was written; and once the writer is idle) it measures
 the store (SQLite: the bytes of its used pages, ``(page_count - freelist_count) *
 page_size``; any database: its rows) and, past the bound, deletes the oldest rows in
-batches down to ``prune_to`` of it. SQLite reuses the freed pages, so the file stops
+batches down to ``prune_to`` of it. A database whose bytes are not measured
+(PostgreSQL) keeps the bytes bound as a rows bound of ``max_bytes / ROW_BYTES`` unless
+``records_max_rows`` is set, so no store is unbounded by default. SQLite reuses the freed pages, so the file stops
 growing at about the bound (it is not shrunk: no ``VACUUM``). Past ``warn_at`` of the
 bound it logs one warning per process; the last measure is exposed as gauges.
 """
@@ -84,13 +86,22 @@ class SizeBound:
     def active(self) -> bool:
         return self.limits.max_bytes > 0 or self.limits.max_rows > 0
 
+    def rows_bound(self, size: StoreSize | None) -> int:
+        """The rows bound: ``max_rows``, or for a store whose bytes are not measured the
+        bytes bound in rows of about ``ROW_BYTES``; 0: none."""
+        if self.limits.max_rows > 0:
+            return self.limits.max_rows
+        if size is not None and size.bytes is None and self.limits.max_bytes > 0:
+            return max(self.limits.max_bytes // ROW_BYTES, 1)
+        return 0
+
     def fraction(self, size: StoreSize) -> float:
         """How full the store is: the larger of its bytes and rows over their bounds."""
         parts = [0.0]
         if self.limits.max_bytes > 0 and size.bytes is not None:
             parts.append(size.bytes / self.limits.max_bytes)
-        if self.limits.max_rows > 0:
-            parts.append(size.rows / self.limits.max_rows)
+        if (rows_bound := self.rows_bound(size)) > 0:
+            parts.append(size.rows / rows_bound)
         return max(parts)
 
     @property
@@ -111,10 +122,10 @@ class SizeBound:
 
     def _step_rows(self) -> float:
         steps = [math.inf]
-        if self.limits.max_rows > 0:
-            steps.append(STEP * self.limits.max_rows)
         size = self.size
-        if self.limits.max_bytes > 0:
+        if (rows_bound := self.rows_bound(size)) > 0:
+            steps.append(STEP * rows_bound)
+        if self.limits.max_bytes > 0 and (size is None or size.bytes is not None):
             per_row: float = ROW_BYTES
             if size is not None and size.bytes and size.rows > 0:
                 per_row = size.bytes / size.rows
@@ -134,8 +145,13 @@ class SizeBound:
         size = self.size = await db.size(self.limits.max_rows > 0)
         if size.bytes is None and self.limits.max_rows <= 0 and not self._unmeasured_noted:
             self._unmeasured_noted = True
-            log.warning("request records: %s is not bounded by size (records_max_mb applies to SQLite): "
-                        "set [server] records_max_rows", db.safe_url)
+            if self.limits.max_bytes > 0:
+                log.warning("request records: %s does not measure its bytes: records_max_mb = %g is kept as "
+                            "a bound of %d rows (about %d bytes each); set [server] records_max_rows to choose",
+                            db.safe_url, self.limits.max_bytes / MB, self.rows_bound(size), ROW_BYTES)
+            else:
+                log.warning("request records: %s is not bounded (records_max_mb = 0 and no records_max_rows)",
+                            db.safe_url)
         full = self.fraction(size)
         if full >= self.limits.warn_at and not self._warned:
             self._warned = True
@@ -164,8 +180,8 @@ class SizeBound:
     def _excess_rows(self, size: StoreSize) -> int:
         """Rows to delete to bring ``size`` down to ``prune_to`` of the bounds (at least 1)."""
         excess = 1
-        if self.limits.max_rows > 0:
-            excess = max(excess, size.rows - int(self.limits.prune_to * self.limits.max_rows))
+        if (rows_bound := self.rows_bound(size)) > 0:
+            excess = max(excess, size.rows - int(self.limits.prune_to * rows_bound))
         if self.limits.max_bytes > 0 and size.bytes is not None and size.rows > 0:
             per_row = size.bytes / size.rows
             over = size.bytes - self.limits.prune_to * self.limits.max_bytes
@@ -176,6 +192,6 @@ class SizeBound:
         parts = []
         if self.limits.max_bytes > 0 and size.bytes is not None:
             parts.append(f"{size.bytes / MB:.1f} MB of {self.limits.max_bytes / MB:g} MB")
-        if self.limits.max_rows > 0:
-            parts.append(f"{size.rows} rows of {self.limits.max_rows}")
+        if (rows_bound := self.rows_bound(size)) > 0:
+            parts.append(f"{size.rows} rows of {rows_bound}")
         return ", ".join(parts) or "unbounded"

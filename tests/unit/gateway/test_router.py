@@ -175,13 +175,40 @@ async def test_llm_asked_for_embedding(registry: EmbeddedRegistry, router: Route
 
 
 async def test_no_ready_instance(registry: EmbeddedRegistry, router: Router) -> None:
+    await registry.put(rec("f", state=FAILED))
+    await registry.put(rec("d", state=DRAINING))
+    await settle()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        await router.acquire("llm", "chat")
+    assert time.monotonic() - started < 0.5  # nothing is coming: no wait
+    assert info.value.status == 503
+    assert "failed" in info.value.message and "draining" in info.value.message
+
+
+async def test_a_request_waits_for_a_starting_instance_up_to_queue_timeout(registry: EmbeddedRegistry, make_router) -> None:
+    r = await make_router(settings=RouterSettings(queue_timeout=0.1))
     await registry.put(rec("s", state=STARTING))
     await registry.put(rec("f", state=FAILED))
     await settle()
+    started = time.monotonic()
     with pytest.raises(Unavailable) as info:
-        await router.acquire("llm", "chat")
-    assert info.value.status == 503
-    assert "failed" in info.value.message and "starting" in info.value.message
+        await r.acquire("llm", "chat")
+    assert 0.09 <= time.monotonic() - started < 1.0
+    assert "still starting" in info.value.message
+    assert r.queued()["llm"] == 0  # its place in the queue was given back
+
+
+async def test_a_starting_instance_that_fails_ends_the_wait_at_once(registry: EmbeddedRegistry, router: Router) -> None:
+    await registry.put(rec("s", state=STARTING))
+    await settle()
+    waiter = asyncio.create_task(router.acquire("llm", "chat"))
+    await settle()
+    assert not waiter.done()
+    await registry.put(rec("s", state=FAILED))
+    with pytest.raises(Unavailable) as info:
+        await asyncio.wait_for(waiter, 1.0)
+    assert "failed" in info.value.message
 
 
 async def test_draining_instance_is_not_chosen(registry: EmbeddedRegistry, router: Router) -> None:
@@ -198,12 +225,15 @@ async def test_draining_instance_is_not_chosen(registry: EmbeddedRegistry, route
 
 
 async def test_state_change_to_ready_is_followed(registry: EmbeddedRegistry, router: Router) -> None:
+    """A restart (ready -> starting -> ready) is a pause for the requests in between, not a 503."""
     await registry.put(rec("a", state=STARTING))
     await settle()
-    with pytest.raises(Unavailable):
-        await router.acquire("llm", "chat")
-    await registry.put(rec("a", state=READY))
+    waiters = [asyncio.create_task(router.acquire("llm", "chat")) for _ in range(3)]
     await settle()
+    assert not any(w.done() for w in waiters) and router.queued()["llm"] == 3
+    await registry.put(rec("a", state=READY))
+    targets = await asyncio.wait_for(asyncio.gather(*waiters), 1.0)
+    assert {t.record.instance_id for t in targets} == {"a"} and targets[0].in_flight == 3
     assert (await pick(router)).record.instance_id == "a"
 
 
