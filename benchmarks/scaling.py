@@ -26,6 +26,7 @@ a process with every model at zero has loaded no engine yet; later cycles' do no
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import statistics
 import time
@@ -260,9 +261,12 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
     ]
     worst = max(cycles, key=lambda c: (c.to_traffic_s or 1e9) - (c.new_load_s or 0)) if cycles else None
     limit = POLICY["upscale_delay_s"] + (worst.new_load_s or 0) + 1 if worst else 0
+    never = worst is not None and worst.to_traffic_s is None  # no new instance took traffic: the worst case, a MISS
     checks = [
-        Check("overload to a new instance taking traffic (worst cycle)", worst.to_traffic_s if worst else None, "<=",
-              limit, "s", f"upscale_delay_s {POLICY['upscale_delay_s']} + its load {worst.new_load_s or 0:.2f} s + 1 s"
+        Check("overload to a new instance taking traffic (worst cycle)",
+              (math.inf if never else worst.to_traffic_s) if worst else None, "<=", limit, "s",
+              "no new instance took traffic in a cycle" if never else
+              f"upscale_delay_s {POLICY['upscale_delay_s']} + its load {worst.new_load_s or 0:.2f} s + 1 s"
               if worst else ""),
         Check("requests lost, 0 -> up -> down -> 0", len(lost), "<=", 0),
     ]

@@ -17,6 +17,7 @@ from corral.core.spec import ModelKind
 from corral.core.types import GenerationRequest, SamplingParams
 from corral.gateway.router import Router, RouterSettings, Target
 from corral.registry.embedded import EmbeddedRegistry
+from corral.web.errors import retry_headers
 
 READY, STARTING, FAILED, DRAINING = (
     InstanceState.READY,
@@ -837,3 +838,65 @@ async def test_a_registry_that_never_answers_gives_503_not_404() -> None:
             await router.acquire("llm", "chat")
     finally:
         await router.stop()
+
+
+# -- an autoscaled model at zero (its standby record) --------------------------------------
+
+
+def standby(model: str = "llm", cold_start_timeout_s: float = 0.1) -> InstanceRecord:
+    return dataclasses.replace(rec(f"{model}-standby", model, InstanceState.STANDBY),
+                               cold_start_timeout_s=cold_start_timeout_s)
+
+
+async def test_at_zero_a_request_waits_for_the_wake_and_is_served(registry: EmbeddedRegistry, make_router) -> None:
+    woken: list[str] = []
+    r = await make_router(on_cold=woken.append)
+    await registry.put(standby(cold_start_timeout_s=5))
+    await settle()
+    waiter = asyncio.create_task(r.acquire("llm", "chat"))
+    await settle()
+    assert woken == ["llm"] and r.cold_waiting() == {"llm": 1}  # the autoscaler was told at once
+    await registry.put(rec("a"))
+    assert (await asyncio.wait_for(waiter, 1.0)).record.instance_id == "a"
+    assert r.cold_waiting() == {}
+
+
+async def test_at_zero_past_cold_start_timeout_the_answer_is_a_503_with_retry_after(
+    registry: EmbeddedRegistry, make_router
+) -> None:
+    r = await make_router(settings=RouterSettings(queue_timeout=0.01))
+    await registry.put(standby(cold_start_timeout_s=0.2))
+    await registry.put(rec("s", state=STARTING))
+    await settle()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        await r.acquire("llm", "chat")
+    assert 0.19 <= time.monotonic() - started < 1.5  # the model's cold start bound, not queue_timeout
+    assert "scaled to zero" in info.value.message and info.value.status == 503
+    assert retry_headers(info.value) == {"retry-after": "1"}
+
+
+async def test_at_zero_a_load_failure_ends_the_wait_with_its_error(registry: EmbeddedRegistry, make_router) -> None:
+    r = await make_router()
+    await registry.put(standby(cold_start_timeout_s=30))
+    await registry.put(rec("s", state=STARTING))
+    await settle()
+    waiter = asyncio.create_task(r.acquire("llm", "chat"))
+    await settle()
+    await registry.put(dataclasses.replace(rec("s", state=FAILED), last_error="no such file: model.gguf"))
+    with pytest.raises(Unavailable) as info:
+        await asyncio.wait_for(waiter, 1.0)
+    assert "could not be woken up" in info.value.message and "model.gguf" in info.value.message
+
+
+async def test_at_zero_a_full_queue_is_a_429(registry: EmbeddedRegistry, make_router) -> None:
+    r = await make_router(settings=RouterSettings(queue_limit=2))
+    await registry.put(standby(cold_start_timeout_s=30))
+    await settle()
+    waiting = [asyncio.create_task(r.acquire("llm", "chat")) for _ in range(2)]
+    await settle()
+    with pytest.raises(Overloaded) as info:
+        await r.acquire("llm", "chat")
+    assert info.value.status == 429
+    await registry.put(rec("a"))
+    assert {t.record.instance_id for t in await asyncio.wait_for(asyncio.gather(*waiting), 1.0)} == {"a"}
