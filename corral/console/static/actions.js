@@ -31,7 +31,7 @@ function deployForm(app) {
   };
   const engines = h('datalist', {id: 'engines'});
   const formError = h('div', {class: 'field-error', id: 'deploy-error'});
-  const form = h('form', {class: 'grid', id: 'deploy-form'},
+  const form = h('form', {class: 'grid', id: 'deploy-form', novalidate: true},
     field('name', 'name', inputs.name), field('kind', 'kind', inputs.kind), field('engine', 'engine', inputs.engine),
     field('source', 'source', inputs.source), field('replicas', 'replicas', inputs.replicas),
     field('routing', 'routing', inputs.routing), field('max_concurrency', 'max concurrency', inputs.max_concurrency),

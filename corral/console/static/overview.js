@@ -36,7 +36,7 @@ function instanceButton(app, m, i) {
 function render(app, parts, status) {
   const models = status.models || [];
   clear(parts.workers, table(['worker', 'state', 'engines', 'node', 'instances', 'last seen'], (status.workers || []).map(w =>
-    h('tr', {}, h('td', {}, w.id), h('td', {}, state(w.alive ? 'alive' : 'dead')), h('td', {}, w.engines.join(', ')),
+    h('tr', {}, h('td', {}, w.id), h('td', {}, state(w.alive ? 'alive' : 'dead')), h('td', {class: 'wrap'}, w.engines.join(', ')),
       h('td', {}, dash(w.node)), h('td', {}, w.instances), h('td', {}, seconds(w.last_seen_s))))));
   clear(parts.models, table(['model', 'kind', 'engine', 'routing', 'desired', 'ready', 'state', 'operation', 'autoscale'],
     models.map(m => h('tr', {dataset: {model: m.name}},
