@@ -31,7 +31,8 @@ RETURNED = ("content-type", "x-corral-instance", "x-request-id", "retry-after", 
 MAX_BODY = 8 * 1024 * 1024
 
 
-def gateway_proxy(gateway_url: str, admin_token: str | None) -> Route:
+def gateway_proxy(gateway_url: str, admin_token: str | None, transport: httpx.AsyncBaseTransport | None = None) -> Route:
+    """``transport``: for tests (an ASGI app in place of the gateway)."""
     base = gateway_url.rstrip("/")
     client: list[httpx.AsyncClient] = []  # made on first use, on the server's loop
 
@@ -47,7 +48,7 @@ def gateway_proxy(gateway_url: str, admin_token: str | None) -> Route:
                                        code="invalid_api_key")
             body = await read_body(request, MAX_BODY) if request.method == "POST" else b""
             if not client:
-                client.append(httpx.AsyncClient(timeout=httpx.Timeout(connect=3.0, read=None, write=30.0, pool=30.0)))
+                client.append(httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(connect=3.0, read=None, write=30.0, pool=30.0)))
             headers = {k: v for k in FORWARDED if (v := request.headers.get(k)) is not None}
             upstream = client[0].build_request(request.method, f"{base}/{path}", content=body, headers=headers)
             try:
