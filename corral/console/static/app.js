@@ -56,6 +56,7 @@ async function pollStatus() {
 
 async function pollMetrics() {
   if (config.gateway === null) return;
+  if (config.mode === 'cluster' && config.admin_token && !secrets.admin) return;  // the proxy wants the token
   try {
     const text = await (await gateway('/metrics')).text();
     app.scrapes.push(totals(parse(text), Date.now() / 1000));
