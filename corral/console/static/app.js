@@ -37,7 +37,8 @@ function emit(kind, value) {
 let statusProblem = '';
 async function pollStatus() {
   if (config.admin_token && !secrets.admin) {  // no call bound to fail: ask first
-    app.notice('The admin API wants the admin token: enter it above (it stays in this tab only).');
+    statusProblem = 'The admin API wants the admin token: enter it above (it stays in this tab only).';
+    app.notice(statusProblem);
     return;
   }
   try {

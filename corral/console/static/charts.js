@@ -50,7 +50,7 @@ class ModelCharts {
     CHARTS.forEach((c, n) => {
       const box = this.boxes[n];
       const width = Math.max(200, box.clientWidth - 4);
-      if (!box.clientWidth) return;  // hidden: drawn when shown
+      if (!box.clientWidth || this.times.length < 2) return;  // hidden (drawn when shown), or no line yet
       const data = [this.times, ...c.series.map(([, key]) => this.values[key])];
       let plot = this.plots.get(c.key);
       if (!plot) {
