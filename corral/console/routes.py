@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,17 +81,15 @@ class SecurityHeaders:
 
 
 def console_routes(settings: ConsoleSettings, extra: list[Route | Mount] | None = None) -> list[Route | Mount]:
-    """``/ui`` (a redirect to ``/ui/``), ``/ui/`` (the page), ``/ui/config.json``,
-    ``/ui/static/...``; ``extra`` routes (the gateway proxy) are mounted under ``/ui`` too."""
+    """``/ui/`` (the page), ``/ui/config.json``, ``/ui/static/...``; ``extra`` routes (the
+    gateway proxy) are mounted under ``/ui`` too. ``/ui`` itself is redirected to ``/ui/``
+    by the app's router (its slash redirect), so no ``/ui`` route shows in /openapi.json."""
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
 
     async def config(request: Request) -> Response:
         return json_response(200, settings.as_json(), {"cache-control": "no-store"})
-
-    async def redirect(request: Request) -> Response:
-        return RedirectResponse("/ui/", status_code=308)
 
     inner = Router(
         routes=[
@@ -101,4 +99,4 @@ def console_routes(settings: ConsoleSettings, extra: list[Route | Mount] | None 
             *(extra or []),
         ]
     )
-    return [Route("/ui", redirect, methods=["GET", "HEAD"]), Mount("/ui", app=SecurityHeaders(inner))]
+    return [Mount("/ui", app=SecurityHeaders(inner))]

@@ -57,7 +57,7 @@ def test_the_page_and_its_files_carry_a_strict_csp() -> None:
         assert answer.headers["content-security-policy"] == CSP, path
     assert "javascript" in c.get("/ui/static/app.js").headers["content-type"]
     moved = c.get("/ui", follow_redirects=False)
-    assert moved.status_code == 308 and moved.headers["location"] == "/ui/"
+    assert moved.status_code in (307, 308) and moved.headers["location"].endswith("/ui/")
 
 
 def test_nothing_outside_the_static_folder_is_served() -> None:
