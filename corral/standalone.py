@@ -20,6 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from corral.console.routes import ConsoleSettings, console_routes
 from corral.controller.admin import admin_routes
 from corral.controller.admin_keys import key_routes
 from corral.controller.keys import KeyManager
@@ -32,6 +33,7 @@ from corral.gateway.app import create_gateway_app
 from corral.gateway.keys import KeyChain, VirtualKeys
 from corral.gateway.router import Router
 from corral.observe.metrics import WorkerMetrics
+from corral.observe.records_api import records_routes
 from corral.observe.scaling import AutoscalerMetrics
 from corral.gateway.observability import gateway_observability
 from corral.registry.embedded import EmbeddedRegistry
@@ -78,12 +80,17 @@ class Standalone:
         self.observability = gateway_observability(
             settings.server, self.router, "corral-standalone", (WorkerMetrics(self.worker), AutoscalerMetrics(self.autoscaling))
         )
+        console = ConsoleSettings(
+            mode="standalone", host=settings.server.host, admin_token=bool(admin_token),
+            api_key=bool(settings.server.api_keys), gateway="", records=True,
+        )
         self.app = create_gateway_app(
             self.router,
             settings.server,
             self.readiness,
             self.lifespan,
-            extra_routes=admin_routes(self.manager) + key_routes(self.keys) + self.observability.routes,
+            extra_routes=admin_routes(self.manager) + key_routes(self.keys) + self.observability.routes
+            + records_routes(lambda: self.observability.records) + console_routes(console),
             extra_middleware=[Middleware(ApiKeys, keys=(admin_token,) if admin_token else (), prefix="/admin")],
             tracker=self.observability.tracker,
             stored_responses=self.observability.stored,

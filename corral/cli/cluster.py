@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
@@ -74,12 +74,27 @@ def run_controller(args: argparse.Namespace) -> int:
         _require_cluster_token(_cluster_token(args), args.host, "cluster API")
         store = state_from_url(args.registry)
         capacity = _capacity(args) if args.launcher else None
-        service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token, capacity)
+        service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token, capacity,
+                                    ui_routes=_console_routes(args, admin_token))
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
     log.info("controller on http://%s:%d, registry %s", args.host, args.port, redact(args.registry or "memory://"))
     return Runner().run(service.app, args.host, args.port, args.log_level, before_exit=service.shutdown)
+
+
+def _console_routes(args: argparse.Namespace, admin_token: str | None) -> list[Any]:
+    """The web console at /ui; with --ui-gateway, its playground and charts reach that gateway."""
+    from corral.console.proxy import gateway_proxy
+    from corral.console.routes import ConsoleSettings, console_routes
+
+    gateway = args.ui_gateway
+    if gateway is not None and not gateway.startswith(("http://", "https://")):
+        raise ConfigError(f"--ui-gateway {gateway!r}: give an http:// or https:// URL")
+    settings = ConsoleSettings(mode="cluster", host=args.host, admin_token=bool(admin_token),
+                               api_key=bool(args.ui_api_key), gateway="/ui/gateway" if gateway else None,
+                               records=False)
+    return console_routes(settings, [gateway_proxy(gateway, admin_token)] if gateway else None)
 
 
 def _capacity(args: argparse.Namespace) -> Capacity:

@@ -25,6 +25,10 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     c.add_argument("--registry", metavar="URL", help="memory:// (default), sqlite:///F, postgresql://..., etcd://H:P[,H2:P2]")
     c.add_argument("--admin-token", help="required on /admin (also CORRAL_ADMIN_TOKEN)")
     c.add_argument("--admin-token-file", metavar="FILE")
+    c.add_argument("--ui-gateway", metavar="URL",
+                   help="a gateway the web console (/ui) sends playground requests and reads metrics through")
+    c.add_argument("--ui-api-key", action="store_true",
+                   help="tell the web console that the gateway wants an API key (it asks the operator for one)")
     c.add_argument("--launcher", metavar="local|ray|ray://HOST:PORT",
                    help="start workers when placement needs one: local = `corral worker` processes on this machine; "
                         "ray://HOST:PORT (or ray with RAY_ADDRESS) = on a Ray cluster, placed by each model's resources")

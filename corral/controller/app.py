@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from corral.controller.admin import admin_routes
 from corral.controller.manager import Manager
@@ -49,7 +49,7 @@ def create_controller_app(
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     closing: asyncio.Event | None = None,
     demand: DemandTable | None = None,
-    extra_routes: list[Route] | None = None,
+    extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     """``closing`` set ends every watch stream, so gateways keep their views and
     reconnect (to this controller restarted, or another one) instead of waiting."""

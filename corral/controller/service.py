@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from corral.controller.admin_keys import cluster_key_route, key_routes
 from corral.controller.app import create_controller_app
@@ -29,8 +30,9 @@ from corral.net.client import make_http_client
 class ControllerService:
     def __init__(
         self, registry: Registry, store: StateStore, cluster_token: str | None, admin_token: str | None,
-        capacity: Capacity | None = None,
+        capacity: Capacity | None = None, ui_routes: list[BaseRoute] | None = None,
     ) -> None:
+        """``ui_routes``: the web console, assembled by the CLI (the controller does not import it)."""
         self._capacity = capacity
         self._registry = registry
         self._store = store
@@ -44,6 +46,7 @@ class ControllerService:
             registry, self.manager, cluster_token, admin_token, self.lifespan, self._closing, self.demand,
             extra_routes=[
                 metrics_route(AutoscalerMetrics(self.autoscaling)), *key_routes(self.keys), cluster_key_route(self.keys),
+                *(ui_routes or []),
             ],
         )
 

@@ -31,7 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "controller": {"core", "config", "engines", "web", "net", "observe"},
     "gateway": {"core", "protocol", "web", "net", "cluster", "observe", "fmt"},
     "observe": {"core", "registry", "web", "engines", "fmt"},
-    "standalone": {"core", "controller", "engines", "gateway", "observe", "registry", "state", "web", "net", "worker"},
+    "console": {"core", "web"},
+    "standalone": {"core", "controller", "engines", "gateway", "observe", "registry", "state", "web", "net", "worker",
+                   "console"},
     "cli": {"*"},
     "": set(),  # corral/__init__.py
 }

@@ -64,11 +64,42 @@ def _reads(admin: Admin) -> st.SearchStrategy[Probe]:
         return Probe("GET", f"{A}/audit?limit={quote(limit, safe='')}", None, expect, what="audit limit")
 
     return st.one_of(
+        _records(),
         fixed.map(lambda p: Probe("GET", p, None, Expect(frozenset({200})), what="read")),
         _unknown_names(admin).map(
             lambda n: Probe("GET", f"{A}/models/{_path(n)}", None, refused("name", 404), what="unknown model")
         ),
         limits.map(audit),
+    )
+
+
+def _records() -> st.SearchStrategy[Probe]:
+    """The records routes of the console (``/admin/v1/requests``): bounded numbers in the
+    query, any text in the filters, unknown request ids."""
+    numbers = st.one_of(st.integers(-(2**70), 2**70).map(str), st.floats().map(str), st.text(max_size=12),
+                        st.sampled_from(["", "1e3", "0x10", "NaN", "inf", "1_000"]))
+    bounds = {"since_s": (1, 31 * 86400), "limit": (1, 1000)}
+
+    def numeric(route: str, name: str, value: str, low: float, high: float, found: frozenset[int]) -> Probe:
+        try:
+            ok = low <= float(value) <= high
+        except ValueError:
+            ok = False
+        return Probe("GET", f"{A}/requests{route}?{name}={quote(value, safe='')}", None,
+                     Expect(found) if ok else refused(name), what=f"requests{route} {name}")
+
+    filters = st.tuples(st.sampled_from(["model", "status", "instance"]), st.text(max_size=40).filter(
+        lambda t: not any(0xD800 <= ord(c) <= 0xDFFF for c in t)))
+    ids = st.text(min_size=1, max_size=60).filter(
+        lambda t: "/" not in t and t.strip(".") and t != "report" and not any(0xD800 <= ord(c) <= 0xDFFF for c in t))
+    return st.one_of(
+        st.tuples(st.sampled_from(sorted(bounds)), numbers).map(
+            lambda nv: numeric("", nv[0], nv[1], *bounds[nv[0]], frozenset({200}))),
+        numbers.map(lambda v: numeric("/report", "since_s", v, 60, 31 * 86400, frozenset({200, 404}))),
+        filters.map(lambda f: Probe("GET", f"{A}/requests?{f[0]}={quote(f[1], safe='')}", None,
+                                    Expect(frozenset({200})), what="requests filter")),
+        ids.map(lambda i: Probe("GET", f"{A}/requests/{quote(i, safe='')}", None, refused("request_id", 404),
+                                what="unknown request")),
     )
 
 

@@ -12,7 +12,6 @@ import html
 import json
 import random
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -25,9 +24,9 @@ import pytest
 from corral.core.observe import RequestEvent
 from corral.observe.records import RecordStore
 from corral.observe.report import COLORS, chart_count
+from tests.integration.browser import chromium
 from tests.integration.servers import corral_env
 
-INSTALL_HINT = "install it with scripts/install-system-deps.sh (apt-get install chromium chromium-driver)"
 MODELS = ("chat-a", "chat-b")
 
 # ``corral report`` through its own parser and implementation (what ``corral.cli.main`` dispatches to)
@@ -53,15 +52,6 @@ pre.id = 'probe';
 pre.textContent = JSON.stringify(charts);
 document.body.appendChild(pre);
 </script>"""
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    if found is None:
-        pytest.fail(f"chromium is not installed: {INSTALL_HINT}")
-    return found
 
 
 def run_chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
