@@ -4,7 +4,6 @@ Each builds its service, then runs it with the shared ``Runner``."""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
 from corral.cli.protocols import parse_protocols
 from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
+from corral.web.hosts import is_loopback
 
 if TYPE_CHECKING:
     from corral.controller.capacity import Capacity
@@ -37,15 +37,6 @@ def secret(flag: str | None, file: str | None, env: str) -> str | None:
             raise ConfigError(f"token file {file} is empty")
         return value
     return os.environ.get(env) or None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _cluster_token(args: argparse.Namespace) -> str | None:

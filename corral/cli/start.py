@@ -93,7 +93,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from corral.cli.cluster import is_loopback, secret
+    from corral.cli.cluster import secret
+    from corral.web.hosts import is_loopback
 
     try:
         settings = build_settings(args)
