@@ -53,6 +53,7 @@ class LoadConfig:
     url: str  # the API base, e.g. http://127.0.0.1:8000/v1
     model: str
     api_key: str | None = None
+    api_keys: tuple[str, ...] = ()  # several keys, one per request in turn (instead of api_key)
     endpoint: str = "chat"  # chat | completions | embeddings | messages | ollama-chat
     stream: bool = False
     concurrency: int = 1  # closed loop: clients; open loop: ignored
@@ -78,8 +79,9 @@ class LoadConfig:
             raise ValueError("embeddings do not stream")
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "api_key"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("api_key", "api_keys")}
         out["api_key"] = "***" if self.api_key else None
+        out["api_keys"] = len(self.api_keys)
         return out
 
 
@@ -134,7 +136,9 @@ class _Run:
     def __init__(self, config: LoadConfig, progress: Callable[[Progress], None] | None, every_s: float) -> None:
         self.config = config
         self.target = Target.parse(config.url)
-        self.payload = request_payload(config, self.target)
+        keys = config.api_keys or (config.api_key,)
+        self.payloads = [request_payload(replace(config, api_key=k), self.target) for k in keys]
+        self.payload = self.payloads[0]
         self.samples = Samples()
         self.progress = progress
         self.every_s = every_s
@@ -192,9 +196,10 @@ class _Run:
         """Closed loop: one connection, one request after another."""
         conn: Connection | None = None
         gaps = self.samples.itl if self.config.stream else None
-        timeout, payload = self.config.timeout_s, self.payload
+        timeout, payloads = self.config.timeout_s, self.payloads
         try:
             while self.more():
+                payload = payloads[self.issued % len(payloads)]
                 if conn is None or conn.closed:
                     conn = await self.connect()
                     if conn is None:

@@ -15,6 +15,7 @@ from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
 from corral.cli.protocols import parse_protocols
 from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
+from corral.core.usage import StoreExchange
 from corral.web.hosts import is_loopback
 
 if TYPE_CHECKING:
@@ -209,10 +210,16 @@ def run_gateway(args: argparse.Namespace) -> int:
         if args.worker_timeout <= 5.0:
             raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
         registry = registry_from_url(_registry_url(args), token)
-        # virtual keys: a controller serves its own; a shared registry has the state store beside it
-        key_source = registry if args.controller else state_from_url(args.registry)
+        # virtual keys and their shared counters: a controller serves and relays them; a
+        # shared registry has the state store beside it
+        if args.controller:
+            key_source, usage = registry, registry
+        else:
+            store = state_from_url(args.registry)
+            key_source, usage = store, StoreExchange(store)
         service = GatewayService(
             registry, server, token, routing, worker_timeout_s=args.worker_timeout, key_source=key_source,  # type: ignore[arg-type]
+            usage=usage,  # type: ignore[arg-type]
         )
     except ConfigError as exc:
         return _fail(exc.message)

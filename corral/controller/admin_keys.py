@@ -1,5 +1,6 @@
 """The admin API's virtual keys (``/admin/v1/keys``; see docs/admin-api.md and
-docs/security.md) and the cluster API's key list for gateways (``/cluster/v1/keys``).
+docs/security.md) and the cluster API's key list for gateways (``/cluster/v1/keys``),
+and the relay of the gateways' usage reports (``/cluster/v1/gateways/{id}/usage``).
 
 Handlers only parse and format; ``KeyManager`` does the work. A key's JSON never holds
 its secret or its hash: the secret is in the answer to the create, once.
@@ -19,6 +20,8 @@ from corral.controller.admin import _BODY, _actor, _parse, _takes
 from corral.controller.keys import KeyManager
 from corral.core.errors import InvalidRequest
 from corral.core.keys import Limits, VirtualKey, key_to_json
+from corral.core.usage import StoreExchange, UsageStore, report_from_json, report_to_json
+from corral.web.body import read_body
 from corral.web.responses import json_response
 
 MAX_COUNT = 10**12  # tokens or requests: beyond any real budget, within 64 bits
@@ -134,3 +137,25 @@ def cluster_key_route(keys: KeyManager) -> Route:
         return Response(body, media_type="application/json", headers={"etag": found.etag})
 
     return Route("/cluster/v1/keys", listing, methods=["GET"])
+
+
+MAX_USAGE_BODY = 8 * 1024 * 1024  # ~100,000 keys' counts in one report
+
+
+def cluster_usage_route(store: UsageStore) -> Route:
+    """``PUT /cluster/v1/gateways/{gateway_id}/usage`` (cluster token): a gateway's usage
+    report in, the other gateways' latest out (a JSON list), one round trip per exchange."""
+    exchange = StoreExchange(store)
+
+    async def put_usage(request: Request) -> Response:
+        body = await read_body(request, MAX_USAGE_BODY)
+        try:
+            report = report_from_json(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequest(f"malformed usage report: {exc}") from None
+        if report.gateway_id != request.path_params["gateway_id"] or len(report.gateway_id) > 128:
+            raise InvalidRequest("the gateway id in the path and the report differ", param="gateway_id")
+        others = await exchange.exchange_usage(report)
+        return Response("[" + ",".join(report_to_json(r) for r in others) + "]", media_type="application/json")
+
+    return Route("/cluster/v1/gateways/{gateway_id}/usage", put_usage, methods=["PUT"])

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from corral.controller.admin_keys import cluster_key_route, key_routes
+from corral.controller.admin_keys import cluster_key_route, cluster_usage_route, key_routes
 from corral.controller.app import create_controller_app
 from corral.controller.keys import KeyManager
 from corral.controller.autoscaling import Autoscaling
@@ -46,6 +46,7 @@ class ControllerService:
             registry, self.manager, cluster_token, admin_token, self.lifespan, self._closing, self.demand,
             extra_routes=[
                 metrics_route(AutoscalerMetrics(self.autoscaling)), *key_routes(self.keys), cluster_key_route(self.keys),
+                cluster_usage_route(store),
                 *(ui_routes or []),
             ],
         )

@@ -1,5 +1,5 @@
 """Desired state: the model specs an operator deployed, the virtual API keys, and the
-audit trail of changes.
+audit trail of changes (and, beside them, the gateways' reports of the keys' use).
 
 The controller keeps them in a ``StateStore`` next to the registry (the same database or
 etcd cluster), so models deployed at runtime come back after a controller restart.
@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from corral.core.keys import VirtualKey
+from corral.core.usage import UsageStore
 from corral.core.spec import AutoscalePolicy, ModelKind, ModelSpec, Resources, SamplingDefaults
 
 
@@ -62,7 +63,9 @@ def audit_from_json(text: str | bytes) -> AuditEvent:
     return AuditEvent(**json.loads(text))
 
 
-class StateStore(Protocol):
+class StateStore(UsageStore, Protocol):
+    """Models, keys, the audit trail, and the gateways' usage reports (``UsageStore``)."""
+
     async def open(self) -> None:
         """Connect and create what is missing (tables); safe when several controllers do it."""
         ...

@@ -22,6 +22,7 @@ from corral import __version__
 from corral.gateway.frontend import Kit
 from corral.gateway.frontends import build_frontends
 from corral.gateway.openapi import openapi_route
+from corral.gateway.limits import Limiter
 from corral.gateway.pipeline import Pipeline
 from corral.gateway.protocols import Protocols
 from corral.gateway.router import Router
@@ -41,12 +42,15 @@ def create_gateway_app(
     tracker: Tracker | None = None,
     stored_responses: ResponseStore | None = None,
     keys: KeyResolver | None = None,
+    limiter: Limiter | None = None,
 ) -> Starlette:
     """The protocol front-ends of ``server.protocols`` plus health; ``extra_routes``
     (the standalone admin API) are served by the same app, behind ``extra_middleware``.
-    ``keys``: how a public request's key is checked (default: ``server.api_keys``)."""
+    ``keys``: how a public request's key is checked (default: ``server.api_keys``);
+    ``limiter``: the keys' counters (the caller's, when it shares them with other gateways)."""
     tracker = tracker or Tracker(Observers())
-    kit = Kit(Pipeline(router), router, tracker, server.max_body_bytes, stored_responses)
+    limiter = limiter or Limiter()
+    kit = Kit(Pipeline(router, limiter=limiter), router, tracker, server.max_body_bytes, stored_responses)
     frontends = build_frontends(server.protocols, kit)
     renderers = {f.name: f.render_error for f in frontends}
 
@@ -66,7 +70,8 @@ def create_gateway_app(
         middleware=[
             Middleware(LingeringClose),  # a 413 is read by the client, not cut by a reset
             Middleware(RequestId),
-            Middleware(Protocols, frontends=frontends, keys=keys if keys is not None else KeySet(server.api_keys)),
+            Middleware(Protocols, frontends=frontends, keys=keys if keys is not None else KeySet(server.api_keys),
+                       limiter=limiter),
             *(extra_middleware or []),
             catch_unexpected(renderers),  # last: sees every route's exception, after the request id is set
         ],

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.core.errors import Unauthorized
 from corral.core.keys import KeyResolver
 from corral.gateway.frontend import Frontend
+from corral.gateway.limits import Limiter
 from corral.web.middleware import bearer_token
 
 
@@ -33,9 +34,10 @@ def presented_key(scope: Scope, frontend: Frontend) -> bytes | None:
 
 
 class Protocols:
-    def __init__(self, app: ASGIApp, frontends: Sequence[Frontend], keys: KeyResolver) -> None:
+    def __init__(self, app: ASGIApp, frontends: Sequence[Frontend], keys: KeyResolver, limiter: Limiter) -> None:
         self.app = app
         self._keys = keys
+        self._limiter = limiter
         owners = [(prefix, f) for f in frontends for prefix in f.prefixes]
         self._owners = sorted(owners, key=lambda pair: len(pair[0]), reverse=True)
 
@@ -69,4 +71,14 @@ class Protocols:
             # the pipeline checks the grant's models and limits once the model is known
             state["grant"] = grant
             state["api_key_id"] = grant.key_id
+            if grant.limits.rpm or grant.limits.tpm:
+                limiter = self._limiter
+
+                async def send_with_limits(message: Message) -> None:
+                    if message["type"] == "http.response.start" and message["status"] != 429:  # a 429 has its own
+                        message["headers"] = [*message.get("headers", ()), *limiter.headers(grant)]
+                    await send(message)
+
+                await self.app(scope, receive, send_with_limits)
+                return
         await self.app(scope, receive, send)

@@ -22,10 +22,13 @@ from starlette.applications import Starlette
 from corral.core.demand import DemandSink
 from corral.core.errors import CorralError
 from corral.core.keys import KeySource
+from corral.core.usage import UsageExchange
 from corral.core.registry import InstanceRecord, InstanceState, Registry
 from corral.core.spec import ServerSettings
 from corral.gateway.app import create_gateway_app
 from corral.gateway.keys import KeyChain, VirtualKeys
+from corral.gateway.limits import Limiter
+from corral.gateway.usage import UsageSync
 from corral.gateway.remote import RemoteInstance
 from corral.web.middleware import KeySet
 from corral.net.client import make_http_client
@@ -48,7 +51,11 @@ class GatewayService:
         router_settings: RouterSettings | None = None,
         worker_timeout_s: float = 30.0,
         key_source: KeySource | None = None,
+        usage: UsageExchange | None = None,
     ) -> None:
+        """``key_source``: where the virtual keys are read; ``usage``: how the keys'
+        counters are shared with the other gateways (a controller relays them, a store
+        keeps them: ``corral.core.usage``)."""
         self._registry = registry
         # the virtual keys, from the controller (the registry) or the store next to the registry
         self._key_source = key_source
@@ -65,12 +72,15 @@ class GatewayService:
         self.router = Router(
             registry, self._resolve, router_settings, health_check=self._probe, on_cold=lambda m: self._report_now.set()
         )
+        self.limiter = Limiter()
+        self.usage = UsageSync(self.limiter, usage, self.gateway_id) if usage is not None else None
         self.observability = gateway_observability(server, self.router, "corral-gateway")
         self.app = create_gateway_app(
             self.router, server, self.readiness, self.lifespan,
             extra_routes=self.observability.routes, tracker=self.observability.tracker,
             stored_responses=self.observability.stored,
             keys=KeyChain([KeySet(server.api_keys), self.virtual_keys]) if self.virtual_keys is not None else None,
+            limiter=self.limiter,
         )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
@@ -100,11 +110,15 @@ class GatewayService:
             if self._key_source is not self._registry:
                 await self._key_source.open()
             await self.virtual_keys.start()
+        if self.usage is not None:
+            self.usage.start()
         reporting = asyncio.create_task(self._report_demand(), name="demand-reports")
         try:
             yield
         finally:
             reporting.cancel()
+            if self.usage is not None:
+                await self.usage.stop()
             if self.virtual_keys is not None and self._key_source is not None:
                 await self.virtual_keys.stop()
                 if self._key_source is not self._registry:
@@ -150,3 +164,4 @@ class GatewayService:
             models[name] = {"ready": any(i["state"] == InstanceState.READY.value for i in instances), "instances": instances}
         ok = self.router.synced.is_set() and any(m["ready"] for m in models.values())
         return ok, {"models": models}
+

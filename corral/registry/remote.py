@@ -23,6 +23,7 @@ import orjson
 
 from corral.core.demand import GatewayDemand, demand_to_json
 from corral.core.keys import VirtualKey, key_from_json
+from corral.core.usage import UsageReport, report_from_json, report_to_json
 from corral.core.errors import CorralError, Unauthorized, Unavailable
 from corral.core.registry import SYNCED, InstanceRecord, WatchItem, record_from_json, record_to_json
 from corral.registry.resync import Reported
@@ -90,6 +91,11 @@ class RemoteRegistry:
     async def report_demand(self, gateway_id: str, demand: dict[str, GatewayDemand]) -> None:
         """Tell the controller what this gateway holds per model (``DemandSink``)."""
         await self._request("PUT", f"/cluster/v1/gateways/{gateway_id}/demand", content=orjson.dumps(demand_to_json(demand)))
+
+    async def exchange_usage(self, report: UsageReport) -> list[UsageReport]:
+        """This gateway's usage report to the controller, the other gateways' back (``UsageExchange``)."""
+        resp = await self._request("PUT", f"/cluster/v1/gateways/{report.gateway_id}/usage", content=report_to_json(report))
+        return [report_from_json(orjson.dumps(item)) for item in orjson.loads(resp.content)]
 
     async def remove(self, instance_id: str) -> None:
         await self._request("DELETE", f"/cluster/v1/instances/{instance_id}")

@@ -5,6 +5,8 @@ Keys:
 - ``{prefix}/models/{name}`` holds ``spec_to_json(spec)``; ``list_models`` ranges the
   models prefix (etcd answers in key order, which is name order).
 - ``{prefix}/keys/{id}`` holds ``key_to_json(key)`` (a virtual key: its hash, never the secret).
+- ``{prefix}/usage/{gateway_id}`` holds ``report_to_json(report)``: each gateway's latest
+  report of the keys' use, replaced at each exchange.
 - ``{prefix}/audit/{time_ns:020d}-{random}`` holds ``audit_to_json(event)``; ``time_ns`` is
   the wall clock at the append (kept increasing within a process), so the key order is
   the append order, and ``audit(limit)`` ranges the prefix sorted by key, descending.
@@ -26,6 +28,7 @@ from typing import Any
 from corral.core.keys import VirtualKey, key_from_json, key_to_json
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent, audit_from_json, audit_to_json, spec_from_json, spec_to_json
+from corral.core.usage import UsageReport, report_from_json, report_to_json
 from corral.registry.etcdbase import EtcdBase, b64, prefix_range, unb64
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ class EtcdStateStore(EtcdBase):
         self._audit_base = base + "/audit/"
         self._keys_base = base + "/keys/"
         self._keys_range = prefix_range(self._keys_base)
+        self._usage_base = base + "/usage/"
+        self._usage_range = prefix_range(self._usage_base)
         self._models_range = prefix_range(self._models_base)
         self._audit_range = prefix_range(self._audit_base)
         self._audit_limit = audit_limit
@@ -84,6 +89,24 @@ class EtcdStateStore(EtcdBase):
 
     async def delete_key(self, key_id: str) -> None:
         await self._call("/v3/kv/deleterange", {"key": b64(self._keys_base + key_id)})
+
+    async def put_usage(self, report: UsageReport) -> None:
+        key = self._usage_base + report.gateway_id
+        await self._call("/v3/kv/put", {"key": b64(key), "value": b64(report_to_json(report))})
+
+    async def list_usage(self) -> list[UsageReport]:
+        data = await self._call("/v3/kv/range", self._usage_range)
+        reports = []
+        for kv in data.get("kvs", []):
+            try:
+                reports.append(report_from_json(unb64(kv["value"])))
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("etcd state store: ignoring unreadable usage report at %s: %s", self._key_of(kv), e)
+        return reports
+
+    async def delete_usage(self, gateway_ids: list[str]) -> None:
+        for gateway_id in gateway_ids:
+            await self._call("/v3/kv/deleterange", {"key": b64(self._usage_base + gateway_id)})
 
     async def append_audit(self, event: AuditEvent) -> None:
         self._last_ns = max(time.time_ns(), self._last_ns + 1)

@@ -8,6 +8,7 @@ from collections import deque
 from corral.core.keys import VirtualKey
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent
+from corral.core.usage import UsageReport
 
 
 class MemoryStateStore:
@@ -16,6 +17,7 @@ class MemoryStateStore:
         self._keys: dict[str, VirtualKey] = {}
         self._keys_changes = 0
         self._audit: deque[AuditEvent] = deque(maxlen=audit_limit)
+        self._usage: dict[str, UsageReport] = {}
 
     async def open(self) -> None:
         """Nothing to prepare."""
@@ -48,6 +50,16 @@ class MemoryStateStore:
 
     async def audit(self, limit: int = 100) -> list[AuditEvent]:
         return list(reversed(self._audit))[:limit]
+
+    async def put_usage(self, report: UsageReport) -> None:
+        self._usage[report.gateway_id] = report
+
+    async def list_usage(self) -> list[UsageReport]:
+        return list(self._usage.values())
+
+    async def delete_usage(self, gateway_ids: list[str]) -> None:
+        for gateway_id in gateway_ids:
+            self._usage.pop(gateway_id, None)
 
     async def close(self) -> None:
         """Nothing to release."""

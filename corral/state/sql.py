@@ -6,6 +6,9 @@ Tables:
   ``spec_to_json(spec)``; ``put_model`` is an upsert, ``delete_model`` a ``DELETE``.
 - ``corral_keys(id primary key, data, updated_at)``: ``data`` is ``key_to_json(key)``
   (a virtual key: its hash, never the secret).
+- ``corral_usage(gateway_id primary key, data, updated_at)``: ``data`` is
+  ``report_to_json(report)``, each gateway's latest report of the keys' use (one
+  upsert per exchange, replaced, never appended).
 - ``corral_audit(id autoincrement primary key, time, data)``: ``data`` is
   ``audit_to_json(event)``. Newest first means highest id first (the order of the appends,
   whatever the writers' clocks say). The table is kept bounded: each append also deletes
@@ -26,6 +29,7 @@ from sqlalchemy import BigInteger, Column, Double, Integer, MetaData, Table, Tex
 from corral.core.keys import VirtualKey, key_from_json, key_to_json
 from corral.core.spec import ModelSpec
 from corral.core.state import AuditEvent, audit_from_json, audit_to_json, spec_from_json, spec_to_json
+from corral.core.usage import UsageReport, report_from_json, report_to_json
 from corral.registry.sqlbase import SqlBase
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,13 @@ class SqlStateStore(SqlBase):
             "corral_keys",
             metadata,
             Column("id", Text, primary_key=True),
+            Column("data", Text, nullable=False),
+            Column("updated_at", Double, nullable=False),
+        )
+        self._usage = Table(
+            "corral_usage",
+            metadata,
+            Column("gateway_id", Text, primary_key=True),
             Column("data", Text, nullable=False),
             Column("updated_at", Double, nullable=False),
         )
@@ -122,6 +133,30 @@ class SqlStateStore(SqlBase):
         with self._unavailable("delete a key"):
             async with self._engine.begin() as conn:
                 await conn.execute(delete(self._keys).where(self._keys.c.id == key_id))
+
+    async def put_usage(self, report: UsageReport) -> None:
+        values = {"gateway_id": report.gateway_id, "data": report_to_json(report), "updated_at": report.at}
+        statement = self._upsert(self._usage, self._usage.c.gateway_id, values)
+        with self._unavailable("save a usage report"):
+            async with self._engine.begin() as conn:
+                await conn.execute(statement)
+
+    async def list_usage(self) -> list[UsageReport]:
+        with self._unavailable("list usage reports"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(self._usage.c.gateway_id, self._usage.c.data))).all()
+        reports = []
+        for gateway_id, data in rows:
+            try:
+                reports.append(report_from_json(data))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("state store %s: skipping unreadable usage report %r: %s", self.safe_url, gateway_id, exc)
+        return reports
+
+    async def delete_usage(self, gateway_ids: list[str]) -> None:
+        with self._unavailable("delete usage reports"):
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(self._usage).where(self._usage.c.gateway_id.in_(gateway_ids)))
 
     async def append_audit(self, event: AuditEvent) -> None:
         table = self._audit

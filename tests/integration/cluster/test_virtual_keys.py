@@ -1,11 +1,14 @@
 """Virtual keys in a cluster: a key created through the controller's admin API works on
 a gateway that reads the store directly (SQLite registry) and on one that follows the
 controller; a revoke is refused by both within a second; the keys survive a controller
-restart (they live in the SQL store). Workers are light (the fake upstream)."""
+restart (they live in the SQL store); rpm, concurrency and budget limits hold across
+both gateways (their counters are shared through the store and the controller) and a
+budget outlives a gateway. Workers are light (the fake upstream)."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -70,5 +73,84 @@ def test_keys_across_gateways_revoke_and_controller_restart(corral_home: Path, t
                 until(lambda: not accepted(gw.url, key), 3.0)
                 took[name] = time.monotonic() - revoked_at
             assert max(took.values()) < 1.0, took
+    finally:
+        cluster.stop()
+
+
+def raw(url: str, key: str, max_tokens: int = 2):  # type: ignore[no-untyped-def]
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30) as c:
+        return c.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens
+        )
+
+
+EXCHANGE = 1.2  # more than one usage exchange (0.5 s) on each gateway, and its store round trips
+
+
+def test_limits_hold_across_gateways_and_budgets_outlive_a_gateway(corral_home: Path, tmp_path: Path) -> None:
+    registry = f"sqlite:///{tmp_path / 'cluster.db'}"
+    cluster = Cluster(corral_home, tmp_path)
+    try:
+        with fake_upstream(corral_home, tmp_path / "fake.log", delay_ms=1) as upstream:
+            controller = cluster.controller(registry=registry)
+            cluster.worker(["--registry", registry], light_config(tmp_path / "w.toml", upstream, "chat"))
+            direct = cluster.gateway(["--registry", registry])  # shares counters through the store
+            relayed = cluster.gateway(["--controller", controller.url])  # through the controller
+            for gw in (direct, relayed):
+                wait_for_instances(gw, "chat", 1, timeout=60)
+            api = admin(controller.url)
+
+            # rpm 4: each answer's x-ratelimit-remaining-requests counts both gateways' requests
+            key = api.post("/keys", json={"name": "rpm", "rpm": 4}).json()["key"]
+            for gw in (direct, relayed):
+                until(lambda: not accepted(gw.url, "sk-corral-unknown"), 2.0)
+            remaining = []
+            for gw in (direct, relayed, direct, relayed):
+                answer = raw(gw.url, key)
+                assert answer.headers["x-ratelimit-limit-requests"] == "4"
+                remaining.append(answer.headers["x-ratelimit-remaining-requests"])
+                time.sleep(EXCHANGE)
+            assert remaining == ["3", "2", "1", "0"]
+            for gw in (direct, relayed):
+                try:
+                    ask(gw.url, key)
+                    raise AssertionError("a fifth request within the minute was admitted")
+                except openai.RateLimitError as refused:
+                    assert refused.response.headers["x-ratelimit-remaining-requests"] == "0"
+                    assert int(refused.response.headers["retry-after"]) >= 1
+
+            # max_concurrency 2: two long requests on one gateway fill the key on the other
+            key = api.post("/keys", json={"name": "conc", "max_concurrency": 2}).json()["key"]
+            until(lambda: accepted(direct.url, key) and accepted(relayed.url, key), 3.0)
+            with ThreadPoolExecutor(2) as pool:
+                long = [pool.submit(raw, direct.url, key, 3000) for _ in range(2)]  # ~3 s each
+                time.sleep(EXCHANGE)
+                try:
+                    ask(relayed.url, key)
+                    raise AssertionError("a third concurrent request was admitted on the other gateway")
+                except openai.RateLimitError as refused:
+                    assert refused.response.headers["x-ratelimit-limit-concurrency"] == "2"
+                assert all(f.result().http_response.status_code == 200 for f in long)
+            time.sleep(EXCHANGE)
+            ask(relayed.url, key)
+
+            # a budget of 3 requests a day: spent across gateways, and still spent on a
+            # gateway started after the one that spent most of it stopped
+            key = api.post("/keys", json={"name": "budget", "budget_requests": 3}).json()["key"]
+            until(lambda: accepted(direct.url, key), 3.0)  # 1
+            ask(direct.url, key)  # 2
+            time.sleep(EXCHANGE)
+            direct.stop()  # its last report stays in the store
+            ask(relayed.url, key)  # 3
+            time.sleep(EXCHANGE)
+            restarted = cluster.gateway(["--registry", registry])
+            wait_for_instances(restarted, "chat", 1, timeout=60)
+            time.sleep(EXCHANGE)
+            for gw in (relayed, restarted):
+                try:
+                    ask(gw.url, key)
+                    raise AssertionError("a spent budget admitted a request")
+                except openai.RateLimitError as refused:
+                    assert "budget" in refused.message
     finally:
         cluster.stop()

@@ -144,8 +144,15 @@ def test_rpm_limit_429_with_headers_then_recovers(server: Server) -> None:
     key = create(server, name="rpm", rpm=6)["key"]  # one request back every 10 s
     time.sleep(0.6)
     with sdk(server, key) as c:
-        for _ in range(6):
-            c.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=1)
+        left = []
+        for _ in range(6):  # every answer says what is left, as OpenAI's do
+            answer = c.chat.completions.with_raw_response.create(
+                model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=1
+            )
+            assert answer.headers["x-ratelimit-limit-requests"] == "6"
+            assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
+            left.append(answer.headers["x-ratelimit-remaining-requests"])
+        assert left == ["5", "4", "3", "2", "1", "0"]
         with pytest.raises(openai.RateLimitError) as limited:
             c.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=1)
     headers = limited.value.response.headers
@@ -161,8 +168,15 @@ def test_rpm_limit_429_with_headers_then_recovers(server: Server) -> None:
 def test_tpm_limit_counts_real_usage(server: Server) -> None:
     key = create(server, name="tpm", tpm=60)["key"]  # one token back every second
     time.sleep(0.6)
-    first = chat(server, key, max_tokens=16)  # reserves 16, then charges prompt + completion
+    with sdk(server, key) as c:  # reserves 16, then charges prompt + completion
+        raw = c.chat.completions.with_raw_response.create(
+            model=CHAT, messages=[{"role": "user", "content": "hello"}], max_tokens=16
+        )
+    first = raw.parse()
     assert first.usage is not None and first.usage.total_tokens > 0
+    # a whole answer starts once its real usage is charged (one token back per second meanwhile)
+    assert raw.headers["x-ratelimit-limit-tokens"] == "60"
+    assert 0 <= int(raw.headers["x-ratelimit-remaining-tokens"]) - (60 - first.usage.total_tokens) <= 2
     spent = 0
     with pytest.raises(openai.RateLimitError) as limited:
         for _ in range(10):

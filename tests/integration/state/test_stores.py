@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from corral.core.errors import ConfigError, Unavailable
 from corral.core.keys import Limits, VirtualKey, key_hash
 from corral.core.spec import ModelKind, ModelSpec
 from corral.core.state import AuditEvent, StateStore
+from corral.core.usage import KeyUsage, StoreExchange, UsageReport
 from corral.state.etcd import EtcdStateStore
 from corral.state.factory import state_from_url
 from corral.state.memory import MemoryStateStore
@@ -265,3 +267,24 @@ async def test_keys_round_trip_replace_and_delete(backend: tuple[str, Factory]) 
     versions.append(await store.keys_version())
     assert [k.id for k in await store.list_keys()] == ["key_a"]
     assert len(set(versions)) == len(versions), versions  # every put and delete changed it
+
+
+async def test_usage_reports_replace_list_delete_and_exchange(backend: tuple[str, Factory]) -> None:
+    kind, make = backend
+    store = await opened(make)
+    first = UsageReport("gw-a", 1.0, 2.0, {"key_a": KeyUsage(3, 40, 1, "2025-01-01", 2, 30)})
+    await store.put_usage(first)
+    await store.put_usage(UsageReport("gw-b", 1.0, 2.0, {}))
+    newer = dataclasses.replace(first, at=3.0, keys={"key_a": KeyUsage(4, 50, 0, "2025-01-01", 3, 40)})
+    await store.put_usage(newer)  # replaces gw-a's report
+    assert sorted((r.gateway_id, r.at) for r in await store.list_usage()) == [("gw-a", 3.0), ("gw-b", 2.0)]
+    if kind != "memory":  # another process (a second controller or gateway) reads the same
+        assert newer in await (await opened(make)).list_usage()
+    await store.delete_usage(["gw-b", "gw-missing"])
+    assert await store.list_usage() == [newer]
+    # the exchange a gateway makes: its own report in, the others' out, expired ones
+    # (stale, from a period that is over) deleted
+    now = time.time()
+    others = await StoreExchange(store).exchange_usage(UsageReport("gw-c", now, now, {}))
+    assert others == []  # gw-a's report: stale, and its period (2025-01-01) over
+    assert [r.gateway_id for r in await store.list_usage()] == ["gw-c"]

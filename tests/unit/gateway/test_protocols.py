@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from corral.core.errors import CorralError, ModelNotFound
 from corral.gateway.frontend import AuthScheme
+from corral.gateway.limits import Limiter
 from corral.gateway.protocols import Protocols
 from corral.web.errors import catch_unexpected, error_response, exception_handlers
 from corral.web.middleware import KeySet, RequestId
@@ -64,7 +65,7 @@ def app(keys: tuple[str, ...]) -> Starlette:
     renderers = {f.name: f.render_error for f in frontends}
     return Starlette(
         routes=[r for f in frontends for r in f.routes()] + [Route("/health", lambda r: json_response(200, {}))],
-        middleware=[Middleware(RequestId), Middleware(Protocols, frontends=frontends, keys=KeySet(keys)),
+        middleware=[Middleware(RequestId), Middleware(Protocols, frontends=frontends, keys=KeySet(keys), limiter=Limiter()),
                     catch_unexpected(renderers)],
         exception_handlers=exception_handlers(renderers),
     )
