@@ -15,6 +15,7 @@ from corral.cli.serve import Runner, configure_logging
 from corral.core.errors import ConfigError
 from corral.cli.protocols import parse_protocols
 from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
+from corral.core.keys import Limits
 from corral.core.usage import StoreExchange
 from corral.web.hosts import is_loopback
 
@@ -205,6 +206,7 @@ def run_gateway(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, api_keys=keys, log_level=args.log_level, max_body_bytes=args.max_body_bytes,
             records=args.records, capture_text=args.capture_text,
             protocols=PROTOCOLS if args.protocols is None else parse_protocols(args.protocols),
+            key_limits=args.key_limits or Limits(),
         )
         routing = RouterSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout)
         if args.worker_timeout <= 5.0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from corral.cli import protocols
+from corral.cli.keys_args import parse_limits
 
 
 def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -71,3 +72,5 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413")
     g.add_argument("--records", metavar="URL", help="request records store (default: sqlite in the cache folder)")
     g.add_argument("--capture-text", action="store_true", help="keep prompt and completion text in the records")
+    g.add_argument("--key-limits", type=parse_limits, metavar="LIMITS",
+                   help="every virtual key's limits where it sets none, e.g. rpm=600,tpm=100000,budget_period=month")

@@ -7,6 +7,9 @@ import argparse
 import time
 
 from corral.cli.admin_args import _connection, _count
+from corral.core.keys import Limits
+
+_COUNTS = ("rpm", "tpm", "max_concurrency", "budget_tokens", "budget_requests")
 
 
 def _expiry(text: str) -> float:
@@ -18,6 +21,24 @@ def _expiry(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not UNIX seconds nor a duration like 30d, 12h, 45m") from None
+
+
+def parse_limits(text: str) -> Limits:
+    """``--key-limits rpm=600,tpm=100000,budget_tokens=5000000,budget_period=month``: the
+    limits of every virtual key that sets none of its own (``[server.key_limits]``)."""
+    values: dict[str, object] = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if name == "budget_period" and value in ("day", "month"):
+            values[name] = value
+        elif name in _COUNTS and value.strip().isdigit():
+            values[name] = int(value)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: give NAME=N with NAME one of {', '.join(_COUNTS)}, or budget_period=day|month"
+            )
+    return Limits(**values)  # type: ignore[arg-type]
 
 
 def _key_fields(p: argparse.ArgumentParser) -> None:
