@@ -6,6 +6,10 @@ the checks pass while granian's CPU per request stays above 0.9x uvicorn's (keep
 uvicorn is right); a MISS says granian now wins by more than 10%. (A third candidate of the issue, aiohttp's
 own server for the hot routes, would mean a second copy of every front-end outside
 Starlette; docs/performance.md gives the profile that bounds what it could save.)
+
+The section also measures the streams' byte pass-through: the uvicorn server again with
+``options.passthrough = false`` (every event decoded into deltas and encoded again),
+on the streamed cell, against the default (events forwarded as they came).
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from benchmarks.procs import Processes, free_port, wait_ready
 from benchmarks.report import Check, Section, Table, median, ratio
 
 CELLS = [(False, 64), (True, 16)]
-UVICORN, GRANIAN = "uvicorn (kept)", "granian"
+UVICORN, GRANIAN, TRANSLATED = "uvicorn (kept)", "granian", "uvicorn, no pass-through"
 
 
-def _config(work: Path, upstream_url: str, name: str) -> Path:
+def _config(work: Path, upstream_url: str, name: str, passthrough: bool = True) -> Path:
     path = work / f"servers-{name}.toml"
     path.write_text(
         f'[server]\nlog_level = "warning"\napi_keys = ["{API_KEY}"]\nrecords = "sqlite:///{work / f"records-{name}.db"}"\n\n'
         f'[[models]]\nname = "{MODEL}"\nkind = "llm"\nengine = "openai-compatible"\nsource = "{upstream_url}/v1"\n'
+        f'[models.options]\npassthrough = {"true" if passthrough else "false"}\n'
     )
     return path
 
@@ -50,13 +55,19 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
         "--workers", "1", "--runtime-mode", "st", "--runtime-threads", "1", "--loop", "uvloop", "--no-ws",
         "--log-level", "warning", "benchmarks.asgi_app:standalone",
     ], gport)
-    wait_ready(start, "/health/ready", 60)
-    wait_ready(granian, "/health/ready", 60)
-    targets = [Target(UVICORN, f"{start.url}/v1", API_KEY, [start]), Target(GRANIAN, f"{granian.url}/v1", API_KEY, [granian])]
+    tport = free_port()
+    translated = procs.corral("translated", ["start", "--config", str(_config(work, upstream.url, "translated", False)),
+                                             "--port", str(tport)], tport)
+    for proc in (start, granian, translated):
+        wait_ready(proc, "/health/ready", 60)
+    targets = [Target(UVICORN, f"{start.url}/v1", API_KEY, [start]), Target(GRANIAN, f"{granian.url}/v1", API_KEY, [granian]),
+               Target(TRANSLATED, f"{translated.url}/v1", API_KEY, [translated], streams_only=True)]
     results: dict[tuple[str, bool, int], list[dict[str, Any]]] = {}
     for rep in range(repeats):
         for stream, c in CELLS:
             for target in targets:
+                if target.streams_only and not stream:
+                    continue
                 r = measure(target, upstream.url, stream, c, duration_s)
                 results.setdefault((target.name, stream, c), []).append(r)
                 mode = "stream" if stream else "non-stream"
@@ -66,20 +77,21 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
     def med(name: str, stream: bool, c: int, key: str) -> float | None:
         return median([r[key][0] if key == "cpu_ms" else r[key] for r in results[(name, stream, c)]])
 
-    def x_uvicorn(stream: bool, c: int, key: str) -> float | None:
-        """granian's figure over uvicorn's, within each repeat, then the median."""
-        pairs = zip(results[(GRANIAN, stream, c)], results[(UVICORN, stream, c)])
+    def x_uvicorn(stream: bool, c: int, key: str, name: str = GRANIAN) -> float | None:
+        """``name``'s figure over uvicorn's, within each repeat, then the median."""
+        pairs = zip(results[(name, stream, c)], results[(UVICORN, stream, c)])
         return median([ratio(a[key][0], b[key][0]) if key == "cpu_ms" else ratio(a[key], b[key]) for a, b in pairs])
 
     rows = [[t.name, "stream" if s else "non-stream", c, med(t.name, s, c, "rps"), med(t.name, s, c, "p50_ms"),
              med(t.name, s, c, "cpu_ms"), sum(r["failed"] for r in results[(t.name, s, c)])]
-            for s, c in CELLS for t in targets]
+            for s, c in CELLS for t in targets if s or not t.streams_only]
     table = Table("the same corral start app under two ASGI servers (medians; CPU of the server process and its "
                   "children per request)", ["server", "mode", "c", "req/s", "p50 ms", "CPU ms/req", "failed"], rows)
     checks = [
         Check("granian CPU per non-stream request c=64, x uvicorn's (keep uvicorn above 0.9)",
               x_uvicorn(False, 64, "cpu_ms"), ">=", 0.9),
         Check("granian CPU per stream c=16, x uvicorn's (keep uvicorn above 0.9)", x_uvicorn(True, 16, "cpu_ms"), ">=", 0.9),
+        Check("CPU per stream c=16 without pass-through, x with it", x_uvicorn(True, 16, "cpu_ms", TRANSLATED), ">=", 1.0),
     ]
     notes = [f"req/s granian x uvicorn: non-stream c=64 {x_uvicorn(False, 64, 'rps') or 0:.2f}, "
              f"stream c=16 {x_uvicorn(True, 16, 'rps') or 0:.2f}.",

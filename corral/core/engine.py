@@ -19,6 +19,7 @@ from corral.core.types import (
     GenerationChunk,
     GenerationEnd,
     GenerationRequest,
+    RawEvent,
     RerankRequest,
     RerankResult,
 )
@@ -44,10 +45,11 @@ class TextGeneration(Protocol):
     bad or unserviceable one, before any byte is sent to the client); the returned
     iterator yields ``GenerationChunk`` items (deltas, possibly for several choices when
     ``n > 1``) and ends with exactly one ``GenerationEnd``. Closing the iterator early
-    (client gone) cancels the work in the engine.
+    (client gone) cancels the work in the engine. Under ``request.passthrough`` an engine
+    may yield ``RawEvent`` items instead of chunks (the client's protocol, already encoded).
     """
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd]: ...
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationEnd | RawEvent]: ...
 
 
 @runtime_checkable

@@ -105,6 +105,17 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class PassThrough:
+    """The client speaks OpenAI's streamed chat or completions, the dialect of an
+    openai-compatible upstream: its engine may forward the upstream's events as they
+    came (``RawEvent``), rewriting only the response id and the model name, instead of
+    decoding them into deltas that the front-end encodes again (docs/performance.md)."""
+
+    response_id: str  # the id the client's chunks carry (chatcmpl-..., cmpl-...)
+    include_usage: bool  # the client asked for the usage chunk (stream_options.include_usage)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One chat or text-completion request, already validated.
 
@@ -131,6 +142,8 @@ class GenerationRequest:
     tool_choice: ToolChoice | None = None  # None: the engine's default (auto)
     parallel_tool_calls: bool | None = None  # False: at most one call per turn
     response_format: JSONObject | None = None  # json_object or json_schema; None for text
+    # set by the OpenAI front-end when nothing needs the deltas decoded (not sent to workers)
+    passthrough: PassThrough | None = None
 
     @functools.cached_property
     def _features(self) -> frozenset[str]:
@@ -159,6 +172,17 @@ class GenerationRequest:
             if len(out) >= length:
                 break
         return out[:length]
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One event of the answer already encoded in the client's protocol (a whole SSE
+    frame, ``data: {...}\n\n``), forwarded from an upstream under ``PassThrough``. Its
+    finish reason and whether it carries the usage are read off it for the accounting."""
+
+    data: bytes
+    finish_reason: FinishReason | None = None
+    usage: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from corral.core.types import (
     GenerationChunk,
     GenerationEnd,
     GenerationRequest,
+    RawEvent,
     RerankRequest,
     RerankResult,
     ToolCall,
@@ -52,7 +53,7 @@ class Call:
 
     router: Router
     target: Target
-    stream: AsyncIterator[GenerationChunk | GenerationEnd]
+    stream: AsyncIterator[GenerationChunk | GenerationEnd | RawEvent]
     request: GenerationRequest
     event: RequestEvent | None = None
     deferred: bool = False
@@ -73,13 +74,13 @@ class Call:
         if self.event is not None and self.event.completion_text is not None:
             self.text = []
 
-    async def __aiter__(self) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+    async def __aiter__(self) -> AsyncIterator[GenerationChunk | GenerationEnd | RawEvent]:
         outcome = "cancelled"
         gaps, text = self.gaps, self.text
         last = self.started
         try:
             async for item in self.stream:
-                if isinstance(item, GenerationChunk):
+                if isinstance(item, (GenerationChunk, RawEvent)):
                     now = time.perf_counter()
                     if self.first_token_at is None:
                         self.first_token_at = now
@@ -87,7 +88,7 @@ class Call:
                     elif len(gaps) < MAX_GAPS:
                         gaps.append(now - last)
                     last = now
-                    if text is not None:
+                    if text is not None and isinstance(item, GenerationChunk):  # no RawEvent when capturing
                         text.append(item.text)
                     if item.finish_reason is not None:
                         self.finish_reasons.append(item.finish_reason.value)
@@ -247,7 +248,7 @@ class Pipeline:
         """A started generation; the call commits its accounting to ``event`` when it
         closes (``deferred``: when the caller says so)."""
 
-        async def start(target: Target) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+        async def start(target: Target) -> AsyncIterator[GenerationChunk | GenerationEnd | RawEvent]:
             # the router chose it by the capabilities its record lists (a Protocol
             # isinstance check here would cost more than the rest of the dispatch)
             client = cast(TextGeneration, target.client)
@@ -388,7 +389,7 @@ class Choice(NamedTuple):
 Choices = list[Choice]
 
 
-async def collect(stream: AsyncIterator[GenerationChunk | GenerationEnd], n: int) -> tuple[Choices, Usage]:
+async def collect(stream: AsyncIterator[GenerationChunk | GenerationEnd | RawEvent], n: int) -> tuple[Choices, Usage]:
     texts: list[list[str]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
     stops: list[str | None] = [None] * n
@@ -398,6 +399,8 @@ async def collect(stream: AsyncIterator[GenerationChunk | GenerationEnd], n: int
         if isinstance(item, GenerationEnd):
             usage = item.usage
             continue
+        if isinstance(item, RawEvent):  # only streamed requests ask for pass-through
+            raise EngineError("an engine passed its events through to a whole answer")
         texts[item.index].append(item.text)
         for delta in item.tool_calls:
             parts = calls[item.index].setdefault(delta.index, ["", ""])

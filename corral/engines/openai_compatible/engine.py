@@ -32,6 +32,7 @@ from corral.core.types import (
     Usage,
 )
 from corral.engines.openai_compatible.options import ConnectionOptions, OpenAICompatibleOptions
+from corral.engines.openai_compatible.passthrough import forward, passes_through
 from corral.engines.openai_compatible.providers import GENERIC, Provider
 from corral.net.pool import ResponseLines, TransportError
 from corral.engines.openai_compatible.upstream import UpstreamEngine, UpstreamStream, check_base_url
@@ -86,6 +87,7 @@ class OpenAICompatibleEngine(UpstreamEngine):
             model_hint="options.upstream_model" if generic else "the source",
         )
         self.provider = provider
+        self.passthrough = isinstance(options, OpenAICompatibleOptions) and options.passthrough
         self._api_version = api_version
         self._usage_missing_logged = False
 
@@ -127,6 +129,8 @@ class _Generation:
         body = self.provider.adapt(upstream_body(self.upstream_model, request), request)
         url = self._endpoint("chat/completions" if chat else "completions")
         resp = await self._post_stream(url, body, request)
+        if passes_through(self, request) and not _whole(resp):
+            return UpstreamStream(self, resp, forward(self, request, resp))
         return UpstreamStream(self, resp, _translate(self, request, resp, chat))
 
 
@@ -184,6 +188,11 @@ class OpenAICompatibleChatAndEmbeddings(_Generation, _Embedding, OpenAICompatibl
 # -- generation stream -----------------------------------------------------------------
 
 
+def _whole(resp: ResponseLines) -> bool:
+    """The upstream answered with one JSON body (it ignored ``stream: true``)."""
+    return resp.response.headers.get("content-type", "").startswith("application/json")
+
+
 async def _translate(
     engine: OpenAICompatibleEngine, request: GenerationRequest, resp: ResponseLines, chat: bool
 ) -> AsyncGenerator[GenerationChunk | GenerationEnd, None]:
@@ -197,7 +206,7 @@ async def _translate(
     if request.echo and request.prompt is not None:  # emulated: few servers echo in a stream
         for i in range(n):
             yield GenerationChunk(i, request.prompt)
-    if resp.response.headers.get("content-type", "").startswith("application/json"):
+    if _whole(resp):
         events: AsyncGenerator[Any, None] = whole_body(await resp.response.read())  # the upstream ignored stream: true
     else:
         events = sse(resp)

@@ -63,6 +63,10 @@ class OpenAICompatibleOptions(ConnectionOptions):
     supports_embeddings: bool | None = Field(
         None, description="serve /embeddings too; default: true for kind embedding, false for kind llm"
     )
+    passthrough: bool = Field(
+        True, description="forward the upstream's streamed events to OpenAI clients as they come (only the id and "
+        "model name rewritten) instead of decoding and encoding each; false: always translate"
+    )
 
     @model_validator(mode="after")
     def _one_authorization(self) -> OpenAICompatibleOptions:

@@ -42,7 +42,7 @@ from corral.core.errors import (
     Unreachable,
 )
 from corral.core.spec import ModelSpec
-from corral.core.types import EngineLoad, GenerationChunk, GenerationEnd, GenerationRequest
+from corral.core.types import EngineLoad, GenerationChunk, GenerationEnd, GenerationRequest, RawEvent
 from corral.engines.openai_compatible.options import ConnectionOptions
 from corral.engines.openai_compatible.wire import error_message, retry_after
 from corral.net.pool import (
@@ -335,7 +335,7 @@ class UpstreamStream:
     which HTTP APIs take as "client gone" and abort the generation."""
 
     def __init__(
-        self, engine: UpstreamEngine, resp: ResponseLines, items: AsyncGenerator[GenerationChunk | GenerationEnd, None]
+        self, engine: UpstreamEngine, resp: ResponseLines, items: AsyncGenerator[GenerationChunk | GenerationEnd | RawEvent, None]
     ) -> None:
         self._engine = engine
         self._resp = resp
@@ -346,7 +346,7 @@ class UpstreamStream:
     def __aiter__(self) -> UpstreamStream:
         return self
 
-    async def __anext__(self) -> GenerationChunk | GenerationEnd:
+    async def __anext__(self) -> GenerationChunk | GenerationEnd | RawEvent:
         return await self._gen.__anext__()
 
     async def aclose(self) -> None:
@@ -368,7 +368,7 @@ class UpstreamStream:
         elif outcome == "cancelled":
             engine._cancelled += 1
 
-    async def _run(self) -> AsyncIterator[GenerationChunk | GenerationEnd]:
+    async def _run(self) -> AsyncIterator[GenerationChunk | GenerationEnd | RawEvent]:
         outcome = "cancelled"
         engine = self._engine
         try:

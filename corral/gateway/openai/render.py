@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from corral.core.errors import CorralError, EngineError
-from corral.core.types import GenerationChunk, GenerationEnd
+from corral.core.types import GenerationChunk, GenerationEnd, RawEvent
 from corral.gateway.pipeline import Choice
 from corral.web.errors import error_event
 from corral.protocol.openai import responses
@@ -17,7 +17,7 @@ from corral.protocol.openai.responses import SSE_DONE, sse
 
 log = logging.getLogger(__name__)
 
-Stream = AsyncIterator[GenerationChunk | GenerationEnd]
+Stream = AsyncIterator[GenerationChunk | GenerationEnd | RawEvent]
 
 
 ChoiceDelta = Callable[[GenerationChunk, str | None, bool], dict[str, Any]]
@@ -49,17 +49,24 @@ async def sse_stream(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """The SSE body. Failures after the headers went out become an error event; the
-    stream always ends with ``[DONE]``."""
+    stream always ends with ``[DONE]``. ``RawEvent`` items (an upstream's own events,
+    passed through) are sent as they are."""
     created = int(time.time())
     base: dict[str, Any] = {"id": id_, "object": obj, "created": created, "model": model, "system_fingerprint": None}
     if include_usage:
         base["usage"] = None
     frames = responses.ChunkFrames(base)
     started: set[int] = set()
+    usage_sent = False
     try:
         async for item in stream:
+            if isinstance(item, RawEvent):
+                started.add(0)  # pass-through is for one choice, whose first event was this
+                usage_sent = usage_sent or item.usage
+                yield item.data
+                continue
             if isinstance(item, GenerationEnd):
-                if include_usage:
+                if include_usage and not usage_sent:
                     u = item.usage
                     yield sse(
                         {**base, "choices": [], "usage": responses.usage_dict(u.prompt_tokens, u.completion_tokens)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.routing import Route
 
 from corral.core.errors import CorralError, ModelNotFound
 from corral.core.observe import RequestEvent
-from corral.core.types import Usage
+from corral.core.types import GenerationRequest, PassThrough, Usage
 from corral.gateway.frontend import INSTANCE_HEADER, AuthScheme, Kit, ModelEntry, traceparent
 from corral.gateway.openai import render, translate
 from corral.gateway.openai.responses import ResponsesRoutes
@@ -75,7 +76,7 @@ class OpenAIFrontend:
             self._kit.describe(event, gen, req.stream)
             id_ = f"chatcmpl-{rid}"
             if req.stream:
-                call = await self._pipeline.generate(gen, "chat", event)
+                call = await self._pipeline.generate(self._passing(gen, req, id_), "chat", event)
                 return self._stream(call, req, id_, "chat.completion.chunk", render.chat_choice, event)
             served_by, choices, usage = await unless_client_leaves(request, self._pipeline.complete(gen, "chat", event))
             return _whole(responses.chat_completion, id_, req.model, choices, usage, served_by)
@@ -96,7 +97,7 @@ class OpenAIFrontend:
                 )
                 return _whole(responses.text_completion, id_, req.model, choices, usage, served_by)
             if req.stream:
-                call = await self._pipeline.generate(gens[0], "completion", event)
+                call = await self._pipeline.generate(self._passing(gens[0], req, id_), "completion", event)
                 return self._stream(call, req, id_, "text_completion", render.text_choice, event)
             served_by, choices, usage = await unless_client_leaves(
                 request, self._pipeline.complete(gens[0], "completion", event)
@@ -125,6 +126,14 @@ class OpenAIFrontend:
             documents = list(internal.documents) if req.return_documents else None
             body = responses.rerank(f"rerank-{rid}", req.model, ranked, documents, result.usage.prompt_tokens)
             return json_response(200, body, {INSTANCE_HEADER: served_by})
+
+    def _passing(self, gen: GenerationRequest, req: SamplingFields, id_: str) -> GenerationRequest:
+        """``gen`` allowed to come back as the upstream's own events (``PassThrough``)
+        where nothing here needs its deltas: its text is not captured for the records."""
+        if self._kit.tracker.capture.enabled:
+            return gen
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return dataclasses.replace(gen, passthrough=PassThrough(id_, include_usage))
 
     def _stream(
         self,

@@ -5,6 +5,7 @@ config file and driven with the official ``openai`` SDK."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -183,3 +184,41 @@ def test_unreachable_upstream_fails_the_start(demo_model: Path, tmp_path: Path) 
     assert result.returncode == 1, result.stderr
     assert url in result.stderr and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _sse_objects(body: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
+
+
+def test_a_stream_is_passed_through_with_only_its_id_and_model_rewritten(
+    client: OpenAI, corral: Server, upstream: str, demo_model: Path
+) -> None:
+    """An OpenAI client streaming from an openai-compatible upstream gets the upstream's
+    own events (its fields, its layout), with Corral's response id and model name; the
+    usage chunk Corral asked for to count tokens reaches the client only when it asked
+    too, and the request's record still has its tokens and finish reason."""
+    body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0, "stream": True}
+    direct = httpx.post(f"{upstream}/chat/completions", json={**body, "model": str(demo_model)}, timeout=120)
+    proxied = httpx.post(f"{corral.url}/v1/chat/completions", json={**body, "model": "proxied"}, timeout=120)
+    assert proxied.status_code == 200, proxied.text
+    rid = proxied.headers["x-request-id"]
+    theirs, ours = _sse_objects(direct.text), _sse_objects(proxied.text)
+    assert ours and all(o["id"] == f"chatcmpl-{rid}" and o["model"] == "proxied" for o in ours)
+    strip = lambda o: {k: v for k, v in o.items() if k not in ("id", "model", "created")}  # noqa: E731
+    assert [strip(o) for o in ours] == [strip(t) for t in theirs if t.get("choices")]  # the upstream's own chunks
+    assert proxied.text.rstrip().endswith("data: [DONE]")
+
+    with_usage = httpx.post(f"{corral.url}/v1/chat/completions", timeout=120, json={
+        **body, "model": "proxied", "stream_options": {"include_usage": True}})
+    usage = [o["usage"] for o in _sse_objects(with_usage.text) if o.get("usage")]
+    assert len(usage) == 1 and usage[0]["completion_tokens"] > 0
+
+    deadline = time.monotonic() + 10
+    while (found := httpx.get(f"{corral.url}/admin/v1/requests/{rid}")).status_code == 404:
+        assert time.monotonic() < deadline, "the request was not recorded"
+        time.sleep(0.2)
+    record, spans = found.json()["request"], found.json()["spans"]
+    assert record["completion_tokens"] == sum(1 for o in ours for c in o["choices"] if c["delta"].get("content"))
+    assert record["prompt_tokens"] > 0 and record["ttft_s"] is not None and record["outcome"] == "ok"
+    finish = [s["attributes"].get("gen_ai.response.finish_reasons") for s in spans if "gen_ai.response.finish_reasons" in s["attributes"]]
+    assert finish == [[ours[-1]["choices"][0]["finish_reason"]]]
