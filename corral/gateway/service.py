@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,12 +49,16 @@ class GatewayService:
         router_settings: RouterSettings | None = None,
         worker_timeout_s: float = 30.0,
         key_source: KeySource | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: what workers' https:// addresses are verified against, on the
+        hot path and by the health probes alike (``--tls-ca``)."""
         self._registry = registry
         # the virtual keys, from the controller (the registry) or the store next to the registry
         self._key_source = key_source
         self.virtual_keys = VirtualKeys(key_source, server.key_limits) if key_source is not None else None
-        self._http = make_http_client(cluster_token)  # health probes
+        self._ssl_context = ssl_context
+        self._http = make_http_client(cluster_token, ssl_context=ssl_context)  # health probes
         self._token = cluster_token
         # longest silence in a started generation stream from a worker: workers send a
         # blank line every 5 s while their engine is quiet, so silence means a dead
@@ -94,7 +99,7 @@ class GatewayService:
         await self._registry.open()
         await self.observability.open()
         headers = {"authorization": f"Bearer {self._token}"} if self._token else None
-        self._session = make_session(PoolSettings(connect_timeout_s=2.0), headers)
+        self._session = make_session(PoolSettings(connect_timeout_s=2.0), headers, self._ssl_context)
         await self.router.start()
         if self._key_source is not None and self.virtual_keys is not None:
             if self._key_source is not self._registry:
