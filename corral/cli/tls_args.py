@@ -44,10 +44,11 @@ def tls_from_args(args: argparse.Namespace, base: TlsSettings | None = None) -> 
     base = base or TlsSettings()
     cert, key, ca = getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None)
     env_ca = os.environ.get(CA_ENV) or None
+    # a value is named where it came from; a missing one by the flag that would give it
     names = TlsNames(
-        cert=FLAGS.cert if cert else CONFIG_KEYS.cert,
-        key=FLAGS.key if key else CONFIG_KEYS.key,
-        ca=FLAGS.ca if ca else (CONFIG_KEYS.ca if base.ca else CA_ENV),
+        cert=CONFIG_KEYS.cert if base.cert and not cert else FLAGS.cert,
+        key=CONFIG_KEYS.key if base.key and not key else FLAGS.key,
+        ca=FLAGS.ca if ca or not (base.ca or env_ca) else (CONFIG_KEYS.ca if base.ca else CA_ENV),
     )
     tls = TlsSettings(cert=cert or base.cert, key=key or base.key, ca=ca or base.ca or env_ca)
     return check_tls(tls, names)

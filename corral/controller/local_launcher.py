@@ -93,15 +93,20 @@ class LocalLauncher:
             self._supervisor = asyncio.create_task(self._supervise(), name="local-launcher")
         return worker_id
 
-    async def _start(self, child: _Child) -> None:
-        port = _free_port()
+    def command(self, worker_id: str, port: int) -> list[str]:
+        """The ``corral worker`` command line of one launched worker."""
         args = [sys.executable, "-m", "corral.cli.main", "worker", "--controller", self._url, "--host", "127.0.0.1",
-                "--port", str(port), "--worker-id", child.worker_id, "--max-instances", str(self._max_instances),
+                "--port", str(port), "--worker-id", worker_id, "--max-instances", str(self._max_instances),
                 "--lease-ttl", str(self._lease_ttl), "--drain-timeout", str(self._drain_timeout)]
-        # file paths only (no secret on a command line); the key file keeps its own permissions
+        # paths only, never a file's content; absolute, as the worker may not share our working directory
         for flag, path in (("--tls-cert", self._tls.cert), ("--tls-key", self._tls.key), ("--tls-ca", self._tls.ca)):
             if path is not None:
                 args += [flag, os.path.abspath(path)]
+        return args
+
+    async def _start(self, child: _Child) -> None:
+        port = _free_port()
+        args = self.command(child.worker_id, port)
         env = dict(os.environ)
         if self._token:
             env["CORRAL_CLUSTER_TOKEN"] = self._token  # in the environment, not on a command line others can read
