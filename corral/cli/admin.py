@@ -51,7 +51,9 @@ def _actor() -> str:
 class AdminClient:
     """Blocking JSON client of ``/admin/v1`` that turns every failure into a ``CliError``."""
 
-    def __init__(self, address: str, token: str | None, timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, address: str, token: str | None, timeout: float, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         """``ssl_context``: what an https:// server is verified against (``--tls-ca``, ``CORRAL_TLS_CA``)."""
         self.address, self.token, self.timeout = address, token, timeout
         headers = {"accept": "application/json", "user-agent": f"corral-cli/{__version__}"}

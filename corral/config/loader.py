@@ -316,7 +316,8 @@ def _check_tls_keys(server: dict[str, Any]) -> TlsSettings:
     cert, key, ca = (server.pop(name, None) for name in ("tls_cert", "tls_key", "tls_ca"))
     if (cert is None) != (key is None):
         given, missing = ("tls_cert", "tls_key") if cert is not None else ("tls_key", "tls_cert")
-        raise _Problem(("server", given), f"needs {missing} too: a server presents a certificate and its private key together")
+        raise _Problem(("server", given),
+                       f"needs {missing} too: a server presents a certificate and its private key together")
     return TlsSettings(cert=cert, key=key, ca=ca)
 
 

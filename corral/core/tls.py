@@ -123,7 +123,12 @@ def tls_failure(exc: BaseException) -> str | None:
         if seen is None:
             return None
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return f"certificate not trusted ({seen.verify_message}): give the CA that signed it (--tls-ca or {CA_ENV})"
+            # aiohttp's certificate error is one too, without the attribute: its cause has it
+            why = getattr(seen, "verify_message", None)
+            if why is None and (seen.__cause__ or seen.__context__) is not None:
+                seen = seen.__cause__ or seen.__context__
+                continue
+            return f"certificate not trusted ({why or seen}): give the CA that signed it (--tls-ca or {CA_ENV})"
         if isinstance(seen, ssl.SSLError):
             hint = " (is it serving plain http?)" if seen.reason == "WRONG_VERSION_NUMBER" else ""
             return f"TLS handshake failed ({seen.reason or seen}){hint}"

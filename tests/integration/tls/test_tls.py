@@ -14,6 +14,7 @@ second), so answers are checked by their content, not only by their status."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def test_the_openai_client_verifying_the_ca_gets_an_answer(tls_server: Server, t
 def test_plain_http_and_an_untrusting_client_get_nothing(tls_server: Server, tls_files: TlsFiles) -> None:
     with pytest.raises(httpx.TransportError):  # the TLS port only answers a TLS handshake
         httpx.get(f"http://127.0.0.1:{tls_server.port}/health", timeout=5)
-    for verify in (True, str(tls_files.other_ca)):  # the public CAs, and a CA that did not sign it
+    # the public CAs, and a CA that did not sign it
+    for verify in (True, ssl.create_default_context(cafile=str(tls_files.other_ca))):
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             httpx.get(f"{tls_server.url}/health", timeout=5, verify=verify)
     assert tls_server.process.poll() is None  # refused handshakes do not hurt the server

@@ -172,11 +172,12 @@ def test_server_keys_load_into_tls_settings(files: TlsFiles, tmp_path: Path) -> 
     ("text", "message"),
     [
         ('[server]\nport = 9000\ntls_cert = "c.pem"\n',
-         "corral.toml:3: server.tls_cert: needs tls_key too: a server presents a certificate and its private key together"),
+         "corral.toml:3: server.tls_cert: needs tls_key too: a server presents a certificate and its private key"),
         ('[server]\ntls_key = "k.pem"\n', "corral.toml:2: server.tls_key: needs tls_cert too"),
         ('[server]\ntls_ca = ""\n', "corral.toml:2: server.tls_ca: String should have at least 1 character"),
         ("[server]\ntls_cert = 1\n", "corral.toml:2: server.tls_cert: Input should be a valid string"),
-        ('[server]\ntls_certs = "c.pem"\n', "corral.toml:2: unknown key 'tls_certs' in [server] (did you mean 'tls_cert'?)"),
+        ('[server]\ntls_certs = "c.pem"\n',
+         "corral.toml:2: unknown key 'tls_certs' in [server] (did you mean 'tls_cert'?)"),
     ],
 )
 def test_bad_server_keys_name_the_line(tmp_path: Path, text: str, message: str) -> None:
@@ -191,7 +192,8 @@ def test_corral_start_reads_the_keys_and_flags_override_them(files: TlsFiles, tm
     config = tmp_path / "corral.toml"
     model = '[[models]]\nname = "m"\nkind = "llm"\nengine = "transformers"\nsource = "demo:tiny-llama"\n'
     config.write_text(f'[server]\ntls_cert = "{files.cert}"\ntls_key = "{files.key}"\n{model}')
-    assert build_settings(parse("start", "--config", str(config))).server.tls == TlsSettings(str(files.cert), str(files.key))
+    loaded = build_settings(parse("start", "--config", str(config))).server.tls
+    assert loaded == TlsSettings(str(files.cert), str(files.key))
     overridden = build_settings(parse("start", "--config", str(config), "--tls-ca", str(files.ca))).server.tls
     assert overridden == TlsSettings(str(files.cert), str(files.key), str(files.ca))
     # a file named in the config is reported by its key, one named by a flag by its flag
