@@ -437,7 +437,7 @@ def run_admin(args: argparse.Namespace) -> int:
         handler = cmd_status if args.command == "status" else cmd_audit
     try:
         address = resolve_address(args.address)
-        trust = client_tls(args)
+        trust = client_tls(args, address)
     except UsageError as exc:
         _fail(str(exc))
         return 2

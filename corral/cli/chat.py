@@ -214,7 +214,7 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         address = resolve_address(args.address)
         params = parse_options(args.params)
-        trust = client_tls(args)
+        trust = client_tls(args, address)
     except (UsageError, ValueError) as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return 2
@@ -229,7 +229,8 @@ def run_chat(args: argparse.Namespace) -> int:
     timeout = httpx.Timeout(args.timeout, connect=min(args.timeout, 10.0))
     failed = False
     try:
-        http = httpx.Client(base_url=f"{address}/v1", headers=headers, timeout=timeout, verify=trust)
+        http = httpx.Client(base_url=f"{address}/v1", headers=headers, timeout=timeout,
+                            verify=trust if trust is not None else True)
     except httpx.InvalidURL as exc:
         print(f"corral: error: invalid address {address!r}: {exc}", file=sys.stderr)
         return 2

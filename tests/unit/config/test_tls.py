@@ -131,7 +131,10 @@ def test_every_server_takes_the_three_flags(command: list[str], files: TlsFiles)
 def test_management_commands_take_a_ca_only(command: list[str], files: TlsFiles,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     args = parse(*command, "--address", "https://127.0.0.1:8001", "--tls-ca", str(files.ca))
-    assert [dict(c["subject"][0])["commonName"] for c in client_tls(args).get_ca_certs()] == ["Corral test ca"]
+    trust = client_tls(args, "https://127.0.0.1:8001")
+    assert trust is not None
+    assert [dict(c["subject"][0])["commonName"] for c in trust.get_ca_certs()] == ["Corral test ca"]
+    assert client_tls(parse(*command), "http://127.0.0.1:8001") is None  # plain HTTP: library defaults
     with pytest.raises(SystemExit):
         parse(*command, "--tls-cert", str(files.cert))
     assert "unrecognized arguments: --tls-cert" in capsys.readouterr().err
@@ -144,7 +147,7 @@ def test_the_ca_comes_from_the_environment_when_no_flag_gives_it(files: TlsFiles
     assert tls_from_args(parse("gateway", "--tls-ca", str(files.other_ca))).ca == str(files.other_ca)
     monkeypatch.setenv("CORRAL_TLS_CA", str(tmp_path / "gone.pem"))
     with pytest.raises(ConfigError) as info:
-        client_tls(parse("status"))
+        client_tls(parse("status"), "http://127.0.0.1:8000")
     assert info.value.message == f"CORRAL_TLS_CA {tmp_path / 'gone.pem'}: no such file"
     assert tls_args.CA_ENV == core_tls.CA_ENV
 
