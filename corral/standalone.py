@@ -137,8 +137,8 @@ class Standalone:
         self.manager.start_reconciling()
         names = ", ".join(s.name for s in specs)
         log.info(
-            "ready in %.1fs: serving %s on http://%s:%d/v1",
-            time.monotonic() - started, names, self.settings.server.host, self.settings.server.port,
+            "ready in %.1fs: serving %s on %s://%s:%d/v1", time.monotonic() - started, names,
+            self.settings.server.tls.scheme, self.settings.server.host, self.settings.server.port,
         )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

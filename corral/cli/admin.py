@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import shutil
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ import httpx
 
 from corral import __version__
 from corral.cli.admin_args import UsageError, build_spec, resolve_address, resolve_token
+from corral.cli.tls_args import client_tls
+from corral.core.errors import ConfigError
+from corral.core.tls import tls_failure
 from corral.fmt.table import Align, format_ago, format_detail, format_duration, format_time, render_table
 
 POLL_S = 0.5
@@ -47,12 +51,16 @@ def _actor() -> str:
 class AdminClient:
     """Blocking JSON client of ``/admin/v1`` that turns every failure into a ``CliError``."""
 
-    def __init__(self, address: str, token: str | None, timeout: float) -> None:
+    def __init__(
+        self, address: str, token: str | None, timeout: float, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """``ssl_context``: what an https:// server is verified against (``--tls-ca``, ``CORRAL_TLS_CA``)."""
         self.address, self.token, self.timeout = address, token, timeout
         headers = {"accept": "application/json", "user-agent": f"corral-cli/{__version__}"}
         if token:
             headers["authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=f"{address}/admin/v1", headers=headers, timeout=timeout)
+        self._http = httpx.Client(base_url=f"{address}/admin/v1", headers=headers, timeout=timeout,
+                                  verify=ssl_context if ssl_context is not None else True)
 
     def close(self) -> None:
         self._http.close()
@@ -72,8 +80,14 @@ class AdminClient:
             headers = {**(headers or {}), "content-type": "application/json"}
         try:
             resp = self._http.request(method, path, params=params, content=content, headers=headers)
-        except httpx.ConnectError:
+        except httpx.ConnectError as exc:
+            tls = tls_failure(exc)
+            if tls is not None:
+                raise CliError(f"cannot talk to Corral at {self.address}: {tls}")
             raise CliError(f"cannot reach Corral at {self.address}: is it running? (set --address or CORRAL_ADDRESS)")
+        except httpx.RemoteProtocolError as exc:
+            hint = "does it serve HTTPS? then use an https:// address" if self.address.startswith("http://") else None
+            raise CliError(f"request to {self.address} failed: {exc}", hint=hint)
         except httpx.TimeoutException:
             raise CliError(f"Corral at {self.address} did not answer within {self.timeout:g}s (raise --timeout)")
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -423,11 +437,15 @@ def run_admin(args: argparse.Namespace) -> int:
         handler = cmd_status if args.command == "status" else cmd_audit
     try:
         address = resolve_address(args.address)
+        trust = client_tls(args, address)
     except UsageError as exc:
         _fail(str(exc))
         return 2
+    except ConfigError as exc:
+        _fail(exc.message)
+        return 2
     try:
-        client = AdminClient(address, resolve_token(args.token), args.timeout)
+        client = AdminClient(address, resolve_token(args.token), args.timeout, trust)
     except httpx.InvalidURL as exc:
         _fail(f"invalid address {address!r}: {exc}")
         return 2

@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any
 
+from corral.cli.tls_args import add_tls_arguments
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 ROUTING_POLICIES = ("power_of_two", "round_robin", "weighted", "least_requests", "latency", "session", "prefix")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -254,6 +256,7 @@ def _connection(p: argparse.ArgumentParser, *, json_output: bool = True) -> None
         p.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
     p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="seconds to wait for each answer (default 10)")
+    add_tls_arguments(p, serving=False)
 
 
 def _waiting(p: argparse.ArgumentParser, what: str) -> None:
@@ -367,3 +370,4 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="initial sampling parameter, e.g. temperature=0.2 (repeatable)")
     p.add_argument("--timeout", type=_seconds, default=120.0, metavar="SECONDS",
                    help="seconds to wait for the next token (default 120)")
+    add_tls_arguments(p, serving=False)

@@ -20,6 +20,9 @@ import httpx
 
 from corral import __version__
 from corral.cli.admin_args import UsageError, parse_option, parse_options, resolve_address, resolve_token
+from corral.cli.tls_args import client_tls
+from corral.core.errors import ConfigError
+from corral.core.tls import tls_failure
 
 _CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {0x7F: None}
 RESERVED = frozenset({"model", "messages", "stream", "stream_options", "n"})
@@ -81,6 +84,9 @@ class Chat:
         return ChatError(str(message))
 
     def _unreachable(self, exc: httpx.HTTPError) -> ChatError:
+        tls = tls_failure(exc)
+        if tls is not None:
+            return ChatError(f"cannot talk to Corral at {self.address}: {tls}")
         if isinstance(exc, httpx.ConnectError):
             return ChatError(f"cannot reach Corral at {self.address}: is it running? (set --address or CORRAL_ADDRESS)")
         if isinstance(exc, httpx.TimeoutException):
@@ -208,8 +214,12 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         address = resolve_address(args.address)
         params = parse_options(args.params)
+        trust = client_tls(args, address)
     except (UsageError, ValueError) as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"corral: error: {exc.message}", file=sys.stderr)
         return 2
     key = resolve_token(args.api_key, "CORRAL_API_KEY")
     headers = {"user-agent": f"corral-cli/{__version__}"}
@@ -219,7 +229,8 @@ def run_chat(args: argparse.Namespace) -> int:
     timeout = httpx.Timeout(args.timeout, connect=min(args.timeout, 10.0))
     failed = False
     try:
-        http = httpx.Client(base_url=f"{address}/v1", headers=headers, timeout=timeout)
+        http = httpx.Client(base_url=f"{address}/v1", headers=headers, timeout=timeout,
+                            verify=trust if trust is not None else True)
     except httpx.InvalidURL as exc:
         print(f"corral: error: invalid address {address!r}: {exc}", file=sys.stderr)
         return 2

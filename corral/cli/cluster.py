@@ -1,5 +1,10 @@
 """``corral controller``, ``corral worker`` and ``corral gateway``: the cluster processes.
-Each builds its service, then runs it with the shared ``Runner``."""
+Each builds its service, then runs it with the shared ``Runner``.
+
+TLS: each reads ``--tls-cert``/``--tls-key``/``--tls-ca`` once (``tls_from_args``),
+serves HTTPS when given a certificate (and then advertises ``https://`` URLs for
+itself), and hands one client ``SSLContext`` built from the CA to every client it
+makes, so every hop to another Corral process verifies the same way."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.cli.serve import Runner, configure_logging
+from corral.cli.tls_args import tls_from_args
 from corral.core.errors import ConfigError
 from corral.cli.protocols import parse_protocols
 from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
@@ -20,8 +26,11 @@ from corral.core.usage import StoreExchange
 from corral.web.hosts import is_loopback
 
 if TYPE_CHECKING:
+    import ssl
+
     from corral.controller.capacity import Capacity
     from corral.core.launcher import Launcher
+    from corral.core.tls import TlsSettings
 
 log = logging.getLogger("corral")
 
@@ -53,6 +62,7 @@ def _registry_url(args: argparse.Namespace) -> str:
 
 def run_controller(args: argparse.Namespace) -> int:
     from corral.controller.service import ControllerService
+    from corral.core.tls import client_context
     from corral.fmt.urls import redact
     from corral.registry.factory import registry_from_url
     from corral.state.factory import state_from_url
@@ -65,18 +75,21 @@ def run_controller(args: argparse.Namespace) -> int:
                 "pass --admin-token (or CORRAL_ADMIN_TOKEN), or bind to 127.0.0.1"
             )
         _require_cluster_token(_cluster_token(args), args.host, "cluster API")
+        tls = tls_from_args(args)
+        trust = client_context(tls.ca)
         store = state_from_url(args.registry)
-        capacity = _capacity(args) if args.launcher else None
+        capacity = _capacity(args, tls) if args.launcher else None
         service = ControllerService(registry_from_url(args.registry), store, _cluster_token(args), admin_token, capacity,
-                                    ui_routes=_console_routes(args, admin_token))
+                                    ui_routes=_console_routes(args, admin_token, trust), ssl_context=trust)
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
-    log.info("controller on http://%s:%d, registry %s", args.host, args.port, redact(args.registry or "memory://"))
-    return Runner().run(service.app, args.host, args.port, args.log_level, before_exit=service.shutdown)
+    log.info("controller on %s://%s:%d, registry %s", tls.scheme, args.host, args.port,
+             redact(args.registry or "memory://"))
+    return Runner().run(service.app, args.host, args.port, args.log_level, before_exit=service.shutdown, tls=tls)
 
 
-def _console_routes(args: argparse.Namespace, admin_token: str | None) -> list[Any]:
+def _console_routes(args: argparse.Namespace, admin_token: str | None, trust: ssl.SSLContext) -> list[Any]:
     """The web console at /ui; with --ui-gateway, its playground and charts reach that gateway."""
     from corral.console.proxy import gateway_proxy
     from corral.console.routes import ConsoleSettings, console_routes
@@ -87,10 +100,10 @@ def _console_routes(args: argparse.Namespace, admin_token: str | None) -> list[A
     settings = ConsoleSettings(mode="cluster", host=args.host, admin_token=bool(admin_token),
                                api_key=bool(args.ui_api_key), gateway="/ui/gateway" if gateway else None,
                                records=False)
-    return console_routes(settings, [gateway_proxy(gateway, admin_token)] if gateway else None)
+    return console_routes(settings, [gateway_proxy(gateway, admin_token, ssl_context=trust)] if gateway else None)
 
 
-def _capacity(args: argparse.Namespace) -> Capacity:
+def _capacity(args: argparse.Namespace, tls: TlsSettings) -> Capacity:
     from corral.controller.capacity import Capacity
 
     if args.launcher_max_instances < 1:
@@ -100,12 +113,13 @@ def _capacity(args: argparse.Namespace) -> Capacity:
         from corral.engines.sources import cache_dir
 
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else _reachable_host(args.host)
-        local = LocalLauncher(f"http://{host}:{args.port}", cache_dir(), _cluster_token(args), args.launcher_max_instances)
+        local = LocalLauncher(f"{tls.scheme}://{host}:{args.port}", cache_dir(), _cluster_token(args),
+                              args.launcher_max_instances, tls=tls)
         return Capacity(local, args.launcher_idle)
-    return Capacity(_ray_launcher(args), args.launcher_idle)
+    return Capacity(_ray_launcher(args, tls), args.launcher_idle)
 
 
-def _ray_launcher(args: argparse.Namespace) -> Launcher:
+def _ray_launcher(args: argparse.Namespace, tls: TlsSettings) -> Launcher:
     """``ray://HOST:PORT`` (the cluster's GCS address, as ``ray start --address`` takes
     it), or ``ray`` with the address in ``RAY_ADDRESS``. Ray itself is imported when the
     controller starts (``RayLauncher.open``), not here."""
@@ -125,7 +139,7 @@ def _ray_launcher(args: argparse.Namespace) -> Launcher:
                           "--launcher-max-instances must be 1")
     # launched workers run on other machines: they need an address of this controller they can reach
     host = socket.gethostname() if args.host in ("0.0.0.0", "::") else _reachable_host(args.host)
-    url = (args.launcher_controller_url or f"http://{host}:{args.port}").rstrip("/")
+    url = (args.launcher_controller_url or f"{tls.scheme}://{host}:{args.port}").rstrip("/")
     return RayLauncher(address, args.ray_namespace, url, _cluster_token(args))
 
 
@@ -149,6 +163,7 @@ def _worker_models(args: argparse.Namespace) -> tuple[ModelSpec, ...]:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from corral.core.tls import client_context
     from corral.registry.factory import registry_from_url
     from corral.worker.service import WorkerService
 
@@ -157,11 +172,10 @@ def run_worker(args: argparse.Namespace) -> int:
         token = _cluster_token(args)
         _require_cluster_token(token, args.host, "worker API")
         models = _worker_models(args)
-        advertise = (args.advertise_address or f"http://{_reachable_host(args.host)}:{args.port}").rstrip("/")
-        if not advertise.startswith(("http://", "https://")):
-            advertise = f"http://{advertise}"
+        tls = tls_from_args(args)
+        advertise = _advertise(args, tls)
         service = WorkerService(
-            registry_from_url(_registry_url(args), token),
+            registry_from_url(_registry_url(args), token, client_context(tls.ca)),
             models,
             advertise,
             token,
@@ -176,7 +190,21 @@ def run_worker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log.info("worker %s on %s:%d, advertised as %s", service.worker.worker_id, args.host, args.port, advertise)
-    return runner.run(service.app, args.host, args.port, args.log_level, before_exit=service.drain)
+    return runner.run(service.app, args.host, args.port, args.log_level, before_exit=service.drain, tls=tls)
+
+
+def _advertise(args: argparse.Namespace, tls: TlsSettings) -> str:
+    """The URL gateways and the controller reach this worker at: ``--advertise-address``
+    (``http://`` or, when serving TLS, ``https://`` added to a bare ``host:port``), else
+    this worker's own bind address."""
+    advertise = (args.advertise_address or f"{_reachable_host(args.host)}:{args.port}").rstrip("/")
+    if not advertise.startswith(("http://", "https://")):
+        advertise = f"{tls.scheme}://{advertise}"
+    if tls.serving and advertise.startswith("http://"):
+        # a plain http:// peer of a TLS port gets a failed handshake, never an answer
+        raise ConfigError(f"--advertise-address {advertise}: this worker serves HTTPS (--tls-cert): "
+                          "advertise an https:// URL")
+    return advertise
 
 
 def _reachable_host(host: str) -> str:
@@ -195,6 +223,7 @@ def _require_cluster_token(token: str | None, host: str, what: str) -> None:
 
 def run_gateway(args: argparse.Namespace) -> int:
     from corral.gateway.router import RouterSettings
+    from corral.core.tls import client_context
     from corral.gateway.service import GatewayService
     from corral.registry.factory import registry_from_url
     from corral.state.factory import state_from_url
@@ -202,16 +231,18 @@ def run_gateway(args: argparse.Namespace) -> int:
     try:
         token = _cluster_token(args)
         keys = tuple(args.api_keys or ()) + ((os.environ["CORRAL_API_KEY"],) if os.environ.get("CORRAL_API_KEY") else ())
+        tls = tls_from_args(args)
+        trust = client_context(tls.ca)
         server = ServerSettings(
             host=args.host, port=args.port, api_keys=keys, log_level=args.log_level, max_body_bytes=args.max_body_bytes,
             records=args.records, capture_text=args.capture_text,
-            protocols=PROTOCOLS if args.protocols is None else parse_protocols(args.protocols),
+            protocols=PROTOCOLS if args.protocols is None else parse_protocols(args.protocols), tls=tls,
             key_limits=args.key_limits or Limits(),
         )
         routing = RouterSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout)
         if args.worker_timeout <= 5.0:
             raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
-        registry = registry_from_url(_registry_url(args), token)
+        registry = registry_from_url(_registry_url(args), token, trust)
         # virtual keys and their shared counters: a controller serves and relays them; a
         # shared registry has the state store beside it
         if args.controller:
@@ -221,13 +252,13 @@ def run_gateway(args: argparse.Namespace) -> int:
             key_source, usage = store, StoreExchange(store)
         service = GatewayService(
             registry, server, token, routing, worker_timeout_s=args.worker_timeout, key_source=key_source,  # type: ignore[arg-type]
-            usage=usage,  # type: ignore[arg-type]
+            usage=usage, ssl_context=trust,  # type: ignore[arg-type]
         )
     except ConfigError as exc:
         return _fail(exc.message)
     configure_logging(args.log_level)
-    log.info("gateway on http://%s:%d (protocols: %s)", args.host, args.port, ", ".join(server.protocols))
-    return Runner().run(service.app, args.host, args.port, args.log_level)
+    log.info("gateway on %s://%s:%d (protocols: %s)", tls.scheme, args.host, args.port, ", ".join(server.protocols))
+    return Runner().run(service.app, args.host, args.port, args.log_level, tls=tls)
 
 
 def _fail(message: str) -> int:

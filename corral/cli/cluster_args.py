@@ -7,6 +7,7 @@ import argparse
 
 from corral.cli import protocols
 from corral.cli.keys_args import parse_limits
+from corral.cli.tls_args import add_tls_arguments
 
 
 def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,6 +17,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         p.add_argument("--cluster-token", help="shared secret of the cluster (also CORRAL_CLUSTER_TOKEN)")
         p.add_argument("--cluster-token-file", metavar="FILE", help="read the cluster token from FILE")
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        add_tls_arguments(p, serving=True)
 
     def registry_choice(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", metavar="URL", help="join through a controller (comma-separate several)")

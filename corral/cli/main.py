@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     start.add_argument("--admin-token", help="required on /admin (also CORRAL_ADMIN_TOKEN)")
     start.add_argument("--admin-token-file", metavar="FILE", help="read the admin token from FILE")
+    from corral.cli.tls_args import add_tls_arguments
+
+    add_tls_arguments(start, serving=True)
 
     from corral.cli.cluster_args import add_cluster_commands
 

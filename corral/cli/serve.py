@@ -3,6 +3,10 @@
 Corral handles SIGINT/SIGTERM itself: the first asks for a graceful shutdown (in-flight
 streams finish, bounded by the graceful timeout), a second forces it. The process then
 exits 0, which is what service managers expect from a requested stop.
+
+With ``TlsSettings`` that serve (``--tls-cert``/``--tls-key``, checked by
+``corral.core.tls.check_tls`` first), uvicorn speaks HTTPS only on the port: a plain
+HTTP request there fails its handshake rather than being answered.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
+
+from corral.core.tls import TlsSettings
 
 
 class Server(uvicorn.Server):
@@ -60,7 +66,9 @@ def make_server(
     log_level: str,
     graceful_timeout: float = 10,
     before_exit: Callable[[], Awaitable[None]] | None = None,
+    tls: TlsSettings | None = None,
 ) -> Server:
+    tls = tls if tls is not None and tls.serving else TlsSettings()
     config = uvicorn.Config(
         app,
         host=host,
@@ -71,6 +79,8 @@ def make_server(
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=graceful_timeout,
+        ssl_certfile=tls.cert,  # None: plain HTTP
+        ssl_keyfile=tls.key,
     )
     server = Server(config)
     server.before_exit = before_exit
@@ -98,8 +108,9 @@ class Runner:
         port: int,
         log_level: str,
         before_exit: Callable[[], Awaitable[None]] | None = None,
+        tls: TlsSettings | None = None,
     ) -> int:
-        self._server = make_server(app, host, port, log_level, before_exit=before_exit)
+        self._server = make_server(app, host, port, log_level, before_exit=before_exit, tls=tls)
         self._server.run()
         if not self._server.started and self.exit_code == 0:
             self.exit_code = 1  # uvicorn already said why (e.g. the port is taken)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from corral.cli.serve import Runner, configure_logging
 from corral.cli.protocols import parse_protocols
+from corral.cli.tls_args import tls_from_args
 from corral.core.errors import ConfigError
 from corral.core.spec import ModelKind, ModelSpec, SamplingDefaults, ServerSettings, Settings
 
@@ -89,6 +90,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         overrides["log_level"] = args.log_level
     if args.protocols is not None:
         overrides["protocols"] = parse_protocols(args.protocols)
+    overrides["tls"] = tls_from_args(args, server.tls)  # flags over [server] tls_*, files checked
     return dataclasses.replace(settings, server=dataclasses.replace(server, **overrides))  # type: ignore[arg-type]
 
 
@@ -119,10 +121,11 @@ def run_start(args: argparse.Namespace) -> int:
         print(f"corral: error: {exc.message}", file=sys.stderr)
         return 2
     _announce(settings.server)
-    return runner.run(standalone.app, settings.server.host, settings.server.port, settings.server.log_level)
+    server = settings.server
+    return runner.run(standalone.app, server.host, server.port, server.log_level, tls=server.tls)
 
 
 def _announce(server: ServerSettings) -> None:
     auth = "API key required" if server.api_keys else "no API key"
-    log.info("corral standalone on http://%s:%d (protocols: %s; %s); loading models...",
-             server.host, server.port, ", ".join(server.protocols), auth)
+    log.info("corral standalone on %s://%s:%d (protocols: %s; %s); loading models...",
+             server.tls.scheme, server.host, server.port, ", ".join(server.protocols), auth)

@@ -25,6 +25,7 @@ from corral.core.spec import (
     PROTOCOLS, ROUTING_POLICIES, AutoscalePolicy, ModelKind, ModelSpec, Resources, SamplingDefaults, ServerSettings,
     Settings,
 )
+from corral.core.tls import TlsSettings
 from corral.engines.catalog import get_entry
 
 Key = str | int
@@ -65,6 +66,11 @@ class _ServerTable(BaseModel):
     records_max_rows: int = Field(ServerSettings.records_max_rows, ge=0)
     records_sample: float = Field(ServerSettings.records_sample, gt=0, le=1)
     key_limits: _KeyLimitsTable | None = None
+    # paths, relative to the working directory; whether the files are usable is checked
+    # by the command that serves (corral.core.tls.check_tls), not by every reader of the file
+    tls_cert: str | None = Field(None, min_length=1)
+    tls_key: str | None = Field(None, min_length=1)
+    tls_ca: str | None = Field(None, min_length=1)
 
 
 class _ModelTable(BaseModel):
@@ -304,6 +310,17 @@ def validate_model_spec(spec: ModelSpec) -> None:
         raise ConfigError(f"model {spec.name!r}: {text}", param=_dotted(problem.path) or None) from None
 
 
+def _check_tls_keys(server: dict[str, Any]) -> TlsSettings:
+    """``tls_cert``/``tls_key``/``tls_ca`` out of ``server`` as one ``TlsSettings``; a
+    certificate without its key (or the reverse) is reported at the key given."""
+    cert, key, ca = (server.pop(name, None) for name in ("tls_cert", "tls_key", "tls_ca"))
+    if (cert is None) != (key is None):
+        given, missing = ("tls_cert", "tls_key") if cert is not None else ("tls_key", "tls_cert")
+        raise _Problem(("server", given),
+                       f"needs {missing} too: a server presents a certificate and its private key together")
+    return TlsSettings(cert=cert, key=key, ca=ca)
+
+
 def _check_document(data: Mapping[str, Any]) -> Settings:
     _check_keys(data, _TOP_KEYS, ())
     raw_server = data.get("server", {})
@@ -322,6 +339,7 @@ def _check_document(data: Mapping[str, Any]) -> Settings:
         if len(set(protocols)) != len(protocols):
             raise _Problem(("server", "protocols"), "names a protocol twice")
         server_kwargs["protocols"] = tuple(protocols)
+    server_kwargs["tls"] = _check_tls_keys(server_kwargs)
     if "redact" in server_kwargs:
         for i, pattern in enumerate(server_kwargs["redact"]):
             try:

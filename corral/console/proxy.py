@@ -11,6 +11,7 @@ so the proxy opens the gateway to no one who could not already use the console.
 from __future__ import annotations
 
 import hmac
+import ssl
 
 import httpx
 from starlette.background import BackgroundTask
@@ -31,8 +32,12 @@ RETURNED = ("content-type", "x-corral-instance", "x-request-id", "retry-after", 
 MAX_BODY = 8 * 1024 * 1024
 
 
-def gateway_proxy(gateway_url: str, admin_token: str | None, transport: httpx.AsyncBaseTransport | None = None) -> Route:
-    """``transport``: for tests (an ASGI app in place of the gateway)."""
+def gateway_proxy(
+    gateway_url: str, admin_token: str | None, transport: httpx.AsyncBaseTransport | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Route:
+    """``transport``: for tests (an ASGI app in place of the gateway). ``ssl_context``: what
+    an https:// gateway is verified against (the controller's ``--tls-ca``)."""
     base = gateway_url.rstrip("/")
     client: list[httpx.AsyncClient] = []  # made on first use, on the server's loop
 
@@ -48,7 +53,10 @@ def gateway_proxy(gateway_url: str, admin_token: str | None, transport: httpx.As
                                        code="invalid_api_key")
             body = await read_body(request, MAX_BODY) if request.method == "POST" else b""
             if not client:
-                client.append(httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(connect=3.0, read=None, write=30.0, pool=30.0)))
+                client.append(httpx.AsyncClient(
+                    transport=transport, timeout=httpx.Timeout(connect=3.0, read=None, write=30.0, pool=30.0),
+                    verify=ssl_context if ssl_context is not None else True,
+                ))
             headers = {k: v for k in FORWARDED if (v := request.headers.get(k)) is not None}
             upstream = client[0].build_request(request.method, f"{base}/{path}", content=body, headers=headers)
             try:

@@ -2,7 +2,9 @@
 
 Each launched worker joins this controller (``--controller URL``) on a free loopback
 port, with its own id, ``--max-instances`` and a log file under
-``$CORRAL_HOME/launched/``. The launcher supervises them: one that exits without being
+``$CORRAL_HOME/launched/``. A controller serving TLS gives them its certificate, key
+and CA (they serve HTTPS on 127.0.0.1, so the certificate must name that address, and
+verify the controller's https:// URL against the CA). The launcher supervises them: one that exits without being
 asked is started again (same id, so the controller's view of it carries on) after a
 backoff that doubles up to a minute; ``stop`` sends SIGTERM (the worker drains) and
 SIGKILL after the drain timeout; ``close`` stops them all when the controller exits.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.core.launcher import LaunchedWorker, WorkerShape
+from corral.core.tls import TlsSettings
 from corral.engines.catalog import installed_engines
 
 log = logging.getLogger(__name__)
@@ -57,9 +60,10 @@ class LocalLauncher:
 
     def __init__(
         self, controller_url: str, home: Path, cluster_token: str | None, max_instances: int = 1,
-        drain_timeout: float = 30.0, lease_ttl: float = 5.0,
+        drain_timeout: float = 30.0, lease_ttl: float = 5.0, tls: TlsSettings | None = None,
     ) -> None:
         self._url = controller_url
+        self._tls = tls or TlsSettings()
         self._logs = home / "launched"
         self._token = cluster_token
         self._max_instances = max_instances
@@ -89,11 +93,20 @@ class LocalLauncher:
             self._supervisor = asyncio.create_task(self._supervise(), name="local-launcher")
         return worker_id
 
+    def command(self, worker_id: str, port: int) -> list[str]:
+        """The ``corral worker`` command line of one launched worker."""
+        args = [sys.executable, "-m", "corral.cli.main", "worker", "--controller", self._url, "--host", "127.0.0.1",
+                "--port", str(port), "--worker-id", worker_id, "--max-instances", str(self._max_instances),
+                "--lease-ttl", str(self._lease_ttl), "--drain-timeout", str(self._drain_timeout)]
+        # paths only, never a file's content; absolute, as the worker may not share our working directory
+        for flag, path in (("--tls-cert", self._tls.cert), ("--tls-key", self._tls.key), ("--tls-ca", self._tls.ca)):
+            if path is not None:
+                args += [flag, os.path.abspath(path)]
+        return args
+
     async def _start(self, child: _Child) -> None:
         port = _free_port()
-        args = [sys.executable, "-m", "corral.cli.main", "worker", "--controller", self._url, "--host", "127.0.0.1",
-                "--port", str(port), "--worker-id", child.worker_id, "--max-instances", str(self._max_instances),
-                "--lease-ttl", str(self._lease_ttl), "--drain-timeout", str(self._drain_timeout)]
+        args = self.command(child.worker_id, port)
         env = dict(os.environ)
         if self._token:
             env["CORRAL_CLUSTER_TOKEN"] = self._token  # in the environment, not on a command line others can read

@@ -6,6 +6,7 @@ gateways' demand reports), and the admin API."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,12 +32,14 @@ class ControllerService:
     def __init__(
         self, registry: Registry, store: StateStore, cluster_token: str | None, admin_token: str | None,
         capacity: Capacity | None = None, ui_routes: list[BaseRoute] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """``ui_routes``: the web console, assembled by the CLI (the controller does not import it)."""
+        """``ui_routes``: the web console, assembled by the CLI (the controller does not import it).
+        ``ssl_context``: what workers' https:// addresses are verified against (``--tls-ca``)."""
         self._capacity = capacity
         self._registry = registry
         self._store = store
-        self._http = make_http_client(cluster_token)
+        self._http = make_http_client(cluster_token, ssl_context=ssl_context)
         self.manager = Manager(store, registry, self._client_for, mode="cluster", capacity=capacity)
         self.keys = KeyManager(store)
         self.demand = DemandTable(on_cold=lambda model: self.autoscaling.wake(model))

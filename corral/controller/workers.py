@@ -12,6 +12,7 @@ import orjson
 from corral.core.errors import CorralError, Unavailable
 from corral.core.spec import ModelSpec
 from corral.core.state import spec_to_json
+from corral.core.tls import tls_failure
 
 
 @dataclass
@@ -55,7 +56,8 @@ class RemoteWorkerClient:
                 method, self._base + path, content=orjson.dumps(body) if body is not None else None, timeout=10.0
             )
         except httpx.HTTPError as exc:
-            raise Unavailable(f"worker at {self._base} is unreachable ({type(exc).__name__})") from None
+            why = tls_failure(exc) or type(exc).__name__
+            raise Unavailable(f"worker at {self._base} is unreachable ({why})") from None
         data = resp.json() if resp.content else {}
         if resp.status_code >= 400:
             message = data.get("error", {}).get("message") if isinstance(data, dict) else None

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from corral.core.keys import Limits
+from corral.core.tls import TlsSettings
 
 
 ROUTING_POLICIES = ("power_of_two", "round_robin", "weighted", "least_requests", "latency", "session", "prefix")
@@ -120,6 +121,7 @@ class ServerSettings:
     records_max_rows: int = 0  # rows bound of the records store (any database); 0: none
     records_sample: float = 1.0  # fraction of successful requests recorded (errors always are)
     key_limits: Limits = field(default_factory=Limits)  # every virtual key's, where its own sets none
+    tls: TlsSettings = field(default_factory=TlsSettings)  # [server] tls_cert, tls_key, tls_ca (corral.core.tls)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import orjson
 from corral.cluster import wire
 from corral.net.pool import Refused, ResponseLines, TransportError, open_stream
 from corral.core.errors import CorralError, InstanceLost, Overloaded, Unreachable
+from corral.core.tls import tls_failure
 from corral.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -31,6 +32,11 @@ from corral.core.types import (
 )
 
 _JSON = {"content-type": "application/json"}
+
+
+def _why(exc: BaseException) -> str:
+    """A transport failure in a word, or in words for a TLS one (an untrusted worker certificate)."""
+    return tls_failure(exc) or type(exc).__name__
 
 
 class RemoteInstance:
@@ -57,7 +63,7 @@ class RemoteInstance:
                 self._session, f"{self._base}/generate", wire.encode_generation(request), _JSON, self._silence_s
             )
         except TransportError as exc:
-            raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
+            raise Unreachable(f"instance at {self.address} is unreachable ({_why(exc)})") from None
         except Refused as refused:
             raise _error(refused.status, refused.body, refused.headers) from None
         items = _Items(lines, self.address)
@@ -93,7 +99,7 @@ class RemoteInstance:
                 content = await resp.read()
                 status, headers = resp.status, resp.headers
         except TransportError as exc:
-            raise Unreachable(f"instance at {self.address} is unreachable ({type(exc).__name__})") from None
+            raise Unreachable(f"instance at {self.address} is unreachable ({_why(exc)})") from None
         if status != 200:
             raise _error(status, content, headers)
         return orjson.loads(content)

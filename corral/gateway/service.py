@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,15 +53,19 @@ class GatewayService:
         worker_timeout_s: float = 30.0,
         key_source: KeySource | None = None,
         usage: UsageExchange | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``key_source``: where the virtual keys are read; ``usage``: how the keys'
         counters are shared with the other gateways (a controller relays them, a store
-        keeps them: ``corral.core.usage``)."""
+        keeps them: ``corral.core.usage``); ``ssl_context``: what workers' https://
+        addresses are verified against, on the hot path and by the health probes alike
+        (``--tls-ca``)."""
         self._registry = registry
         # the virtual keys, from the controller (the registry) or the store next to the registry
         self._key_source = key_source
         self.virtual_keys = VirtualKeys(key_source, server.key_limits) if key_source is not None else None
-        self._http = make_http_client(cluster_token)  # health probes
+        self._ssl_context = ssl_context
+        self._http = make_http_client(cluster_token, ssl_context=ssl_context)  # health probes
         self._token = cluster_token
         # longest silence in a started generation stream from a worker: workers send a
         # blank line every 5 s while their engine is quiet, so silence means a dead
@@ -104,7 +109,7 @@ class GatewayService:
         await self._registry.open()
         await self.observability.open()
         headers = {"authorization": f"Bearer {self._token}"} if self._token else None
-        self._session = make_session(PoolSettings(connect_timeout_s=2.0), headers)
+        self._session = make_session(PoolSettings(connect_timeout_s=2.0), headers, self._ssl_context)
         await self.router.start()
         if self._key_source is not None and self.virtual_keys is not None:
             if self._key_source is not self._registry:

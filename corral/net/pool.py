@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import ssl
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -55,11 +56,15 @@ def env_proxy(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
-def make_session(settings: PoolSettings, headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
-    """One per process or engine, created inside the running event loop."""
+def make_session(
+    settings: PoolSettings, headers: Mapping[str, str] | None = None, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """One per process or engine, created inside the running event loop. ``ssl_context``:
+    what https:// peers are verified against (a gateway's ``--tls-ca``); ``None`` leaves
+    aiohttp's default verification."""
     connector = aiohttp.TCPConnector(
         limit=settings.max_connections, keepalive_timeout=settings.keepalive_s, ttl_dns_cache=60,
-        enable_cleanup_closed=False,
+        enable_cleanup_closed=False, ssl=ssl_context if ssl_context is not None else True,
     )
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s,
@@ -172,6 +177,10 @@ def describe(exc: BaseException) -> str:
     """A transport failure in words that do not depend on the HTTP library."""
     if isinstance(exc, asyncio.TimeoutError):
         return "Timeout: no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):  # before its base class below
+        return f"CertificateError: {exc.certificate_error} (is the peer's CA the --tls-ca given?)"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLSError: {exc.os_error}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"ConnectError: {exc.strerror or 'cannot connect'}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):

@@ -6,10 +6,12 @@
 | ``sqlite:///path/file.db`` | SQLite file shared by processes on one machine |
 | ``postgresql://user:pass@host:5432/db`` | PostgreSQL, shared by controllers for HA |
 | ``etcd://host:2379[,host2:2379]`` | etcd: leases and watches |
-| ``http://controller:8001[,http://c2:8001]`` | a controller's registry API (``--controller``) |
+| ``http(s)://controller:8001[,https://c2:8001]`` | a controller's registry API (``--controller``) |
 """
 
 from __future__ import annotations
+
+import ssl
 
 from corral.fmt.urls import redact
 
@@ -17,9 +19,10 @@ from corral.core.errors import ConfigError
 from corral.core.registry import Registry
 
 
-def registry_from_url(url: str | None, token: str | None = None) -> Registry:
+def registry_from_url(url: str | None, token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> Registry:
     """Build the registry for ``url`` without any I/O; the process opens it (``await
-    registry.open()``) on its own event loop."""
+    registry.open()``) on its own event loop. ``ssl_context`` verifies an https://
+    controller (the other stores have their own TLS settings, in their URLs)."""
     scheme = (url or "memory://").split(":", 1)[0].lower()
     if scheme == "memory":
         from corral.registry.embedded import EmbeddedRegistry
@@ -39,7 +42,7 @@ def registry_from_url(url: str | None, token: str | None = None) -> Registry:
     if scheme in ("http", "https"):
         from corral.registry.remote import RemoteRegistry
 
-        return RemoteRegistry(url, token)
+        return RemoteRegistry(url, token, ssl_context)
     raise ConfigError(
         f"unknown registry URL {redact(url)!r}: use memory://, sqlite:///FILE, postgresql://..., "
         "etcd://HOST:PORT or a controller's http:// URL",

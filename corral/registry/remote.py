@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 
@@ -26,6 +27,7 @@ from corral.core.keys import VirtualKey, key_from_json
 from corral.core.usage import UsageReport, report_from_json, report_to_json
 from corral.core.errors import CorralError, Unauthorized, Unavailable
 from corral.core.registry import SYNCED, InstanceRecord, WatchItem, record_from_json, record_to_json
+from corral.core.tls import tls_failure
 from corral.registry.resync import Reported
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,14 @@ HOLD_AFTER_RECONNECT_S = 10.0  # twice the default lease: time for every worker 
 
 
 class RemoteRegistry:
-    def __init__(self, urls: str, token: str | None) -> None:
+    def __init__(self, urls: str, token: str | None, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: what https:// controllers are verified against (``--tls-ca``)."""
         self._urls = [u.strip().rstrip("/") for u in urls.split(",") if u.strip()]
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10.0, connect=3.0))
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(10.0, connect=3.0),
+            verify=ssl_context if ssl_context is not None else True,
+        )
         self._current = 0
         self._keys: tuple[str | None, list[VirtualKey]] = (None, [])  # (etag, keys) of the last key list
 
@@ -49,7 +55,7 @@ class RemoteRegistry:
             try:
                 resp = await self._http.request(method, self._urls[index] + path, **kwargs)  # type: ignore[arg-type]
             except (httpx.TransportError, OSError) as exc:
-                errors.append(f"{self._urls[index]}: {type(exc).__name__}")
+                errors.append(f"{self._urls[index]}: {tls_failure(exc) or type(exc).__name__}")
                 continue
             self._current = index
             if resp.status_code in (401, 403):
@@ -119,7 +125,8 @@ class RemoteRegistry:
                     yield event
             except (httpx.TransportError, OSError, CorralError, TimeoutError) as exc:
                 if not down:
-                    log.warning("lost the controller's watch (%s); serving from the last view", type(exc).__name__)
+                    log.warning("lost the controller's watch (%s); serving from the last view",
+                                tls_failure(exc) or type(exc).__name__)
                     down = True
                 self._current = (self._current + 1) % len(self._urls)
             await asyncio.sleep(backoff)

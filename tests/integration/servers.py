@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,10 +27,16 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tls: ssl.SSLContext | None = None  # set: the server speaks HTTPS, verified with this context
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 5) -> httpx.Response:
+        """GET ``path`` on this server, over HTTPS verified with ``tls`` when it has one."""
+        verify: ssl.SSLContext | bool = self.tls if self.tls is not None else True
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=timeout, verify=verify)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -50,22 +57,30 @@ def corral_env(home: Path) -> dict[str, str]:
     env["CORRAL_HOME"] = str(home)
     env["HF_HUB_OFFLINE"] = "1"
     env.pop("CORRAL_API_KEY", None)
+    env.pop("CORRAL_TLS_CA", None)  # a test gives the CA it means
     return env
 
 
-def run_corral(args: list[str], home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a corral command to completion (for commands expected to exit)."""
+def run_corral(
+    args: list[str], home: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a corral command to completion (for commands expected to exit); ``env`` is
+    added to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "corral.cli.main", *args],
-        env=corral_env(home),
+        env={**corral_env(home), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def launch(command: list[str], home: Path, log_dir: Path, port: int, env: dict[str, str] | None = None) -> Server:
-    """Start ``corral COMMAND...`` in the background, logging to a file."""
+def launch(
+    command: list[str], home: Path, log_dir: Path, port: int, env: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Server:
+    """Start ``corral COMMAND...`` in the background, logging to a file. ``tls``: the
+    command serves HTTPS (its flags say so), reached with this client context."""
     log_path = log_dir / f"corral-{command[0]}-{port}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -74,7 +89,7 @@ def launch(command: list[str], home: Path, log_dir: Path, port: int, env: dict[s
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return Server(process, port, log_path)
+    return Server(process, port, log_path, tls)
 
 
 def wait_until(server: Server, ready: Callable[[], bool], timeout: float = 180) -> Server:
@@ -92,10 +107,11 @@ def wait_until(server: Server, ready: Callable[[], bool], timeout: float = 180) 
     raise RuntimeError(f"corral was not ready within {timeout}s:\n{server.log()}")
 
 
-def start_corral(args: list[str], home: Path, log_dir: Path, ready_timeout: float = 180) -> Server:
-    """Start ``corral start ARGS --port P`` and wait until /health/ready says ready."""
+def start_corral(
+    args: list[str], home: Path, log_dir: Path, ready_timeout: float = 180, tls: ssl.SSLContext | None = None
+) -> Server:
+    """Start ``corral start ARGS --port P`` and wait until /health/ready says ready
+    (over HTTPS verified with ``tls`` when given: ARGS or the config then serve TLS)."""
     port = free_port()
-    server = launch(["start", *args, "--port", str(port)], home, log_dir, port)
-    return wait_until(
-        server, lambda: httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200, ready_timeout
-    )
+    server = launch(["start", *args, "--port", str(port)], home, log_dir, port, tls=tls)
+    return wait_until(server, lambda: server.get("/health/ready", timeout=2).status_code == 200, ready_timeout)

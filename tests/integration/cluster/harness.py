@@ -1,7 +1,11 @@
-"""Real cluster processes on loopback: controllers, workers and gateways as subprocesses."""
+"""Real cluster processes on loopback: controllers, workers and gateways as subprocesses.
+
+A ``Cluster`` made with ``tls`` (``tests/services/tls.py``) gives every process the
+certificate, key and CA: all of them serve HTTPS and verify each other."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.integration.servers import Server, free_port, launch, start_corral, wait_until
+from tests.services.tls import TlsFiles
 
 CLUSTER_TOKEN = "cluster-secret-9f2c"
 ADMIN_TOKEN = "admin-secret-41aa"
@@ -37,10 +42,17 @@ def worker_config(folder: Path, name: str, models: list[dict[str, Any]]) -> Path
 
 
 class Cluster:
-    def __init__(self, home: Path, logs: Path) -> None:
+    def __init__(self, home: Path, logs: Path, tls: TlsFiles | None = None) -> None:
         self.home = home
         self.logs = logs
         self.processes: list[Server] = []
+        self._tls_flags = tls.server_flags() if tls is not None else []
+        self._tls = tls.context() if tls is not None else None
+
+    def _launch(self, args: list[str], port: int, env: dict[str, str] | None = None) -> Server:
+        server = launch([*args, *self._tls_flags], self.home, self.logs, port, env, tls=self._tls)
+        self.processes.append(server)
+        return server
 
     def controller(
         self, registry: str | None = None, admin_token: str | None = ADMIN_TOKEN, port: int | None = None,
@@ -51,9 +63,8 @@ class Cluster:
         args += ["--registry", registry] if registry else []
         args += ["--admin-token", admin_token] if admin_token else []
         args += extra or []
-        server = launch(args, self.home, self.logs, port)
-        self.processes.append(server)
-        return wait_until(server, lambda: httpx.get(f"{server.url}/health", timeout=2).status_code == 200)
+        server = self._launch(args, port)
+        return wait_until(server, lambda: server.get("/health", timeout=2).status_code == 200)
 
     def worker(
         self,
@@ -70,8 +81,7 @@ class Cluster:
         args = ["worker", *join, "--port", str(port), "--cluster-token", token]
         args += ["--config", str(config)] if config is not None else []
         args += ["--lease-ttl", "3", *(extra or [])]
-        server = launch(args, self.home, self.logs, port, env)
-        self.processes.append(server)
+        server = self._launch(args, port, env)
         if wait:
             wait_until(server, lambda: _worker_ready(server, token))
         return server
@@ -79,9 +89,8 @@ class Cluster:
     def gateway(self, join: list[str], extra: list[str] | None = None, env: dict[str, str] | None = None) -> Server:
         port = free_port()
         args = ["gateway", *join, "--port", str(port), "--cluster-token", CLUSTER_TOKEN, *(extra or [])]
-        server = launch(args, self.home, self.logs, port, env)
-        self.processes.append(server)
-        return wait_until(server, lambda: httpx.get(f"{server.url}/health", timeout=2).status_code == 200)
+        server = self._launch(args, port, env)
+        return wait_until(server, lambda: server.get("/health", timeout=2).status_code == 200)
 
     def stop(self) -> None:
         for server in reversed(self.processes):
@@ -89,13 +98,13 @@ class Cluster:
 
 
 def _worker_ready(server: Server, token: str) -> bool:
-    resp = httpx.get(f"{server.url}/internal/v1/status", headers={"authorization": f"Bearer {token}"}, timeout=2)
+    resp = server.get("/internal/v1/status", headers={"authorization": f"Bearer {token}"}, timeout=2)
     instances = resp.json()["instances"] if resp.status_code == 200 else []
     return bool(instances) and all(i["state"] == "ready" for i in instances)
 
 
 def ready_instances(gateway: Server, model: str) -> list[dict[str, Any]]:
-    resp = httpx.get(f"{gateway.url}/health/ready", timeout=5)
+    resp = gateway.get("/health/ready", timeout=5)
     model_info = resp.json().get("models", {}).get(model, {"instances": []})
     return [i for i in model_info["instances"] if i["state"] == "ready"]
 
@@ -113,9 +122,7 @@ def wait_for_instances(gateway: Server, model: str, count: int, timeout: float =
 
 
 def worker_status(worker: Server) -> dict[str, Any]:
-    resp = httpx.get(
-        f"{worker.url}/internal/v1/status", headers={"authorization": f"Bearer {CLUSTER_TOKEN}"}, timeout=5
-    )
+    resp = worker.get("/internal/v1/status", headers={"authorization": f"Bearer {CLUSTER_TOKEN}"}, timeout=5)
     return resp.json()  # type: ignore[no-any-return]
 
 
@@ -155,11 +162,11 @@ class Load:
         return self.statuses
 
 
-def admin(url: str, token: str | None = ADMIN_TOKEN) -> httpx.Client:
+def admin(url: str, token: str | None = ADMIN_TOKEN, verify: ssl.SSLContext | bool = True) -> httpx.Client:
     headers = {"x-corral-actor": "tester"}
     if token:
         headers["authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=f"{url}/admin/v1", headers=headers, timeout=30)
+    return httpx.Client(base_url=f"{url}/admin/v1", headers=headers, timeout=30, verify=verify)
 
 
 def wait_model(client: httpx.Client, name: str, check: Any, timeout: float = 120) -> dict[str, Any]:

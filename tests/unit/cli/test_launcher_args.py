@@ -8,11 +8,13 @@ import pytest
 
 from corral.cli.cluster import _capacity
 from corral.cli.main import _parser
+from corral.cli.tls_args import tls_from_args
 from corral.core.errors import ConfigError
 
 
 def capacity_for(*flags: str):  # type: ignore[no-untyped-def]
-    return _capacity(_parser().parse_args(["controller", "--port", "8001", *flags]))
+    args = _parser().parse_args(["controller", "--port", "8001", *flags])
+    return _capacity(args, tls_from_args(args))
 
 
 def test_ray_url_names_the_gcs_address_and_the_workers_get_a_reachable_controller_url(monkeypatch: pytest.MonkeyPatch) -> None:
