@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real services the integration tests start on loopback (etcd, PostgreSQL)
-# and the headless browser the report test opens (Chromium),
+# the headless browser the report test opens (Chromium) and openssl (the TLS tests' CA),
 # when they are missing. Idempotent; needs root or sudo (CI runs as root).
 set -euo pipefail
 missing=()
@@ -10,6 +10,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v prometheus >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests' throwaway CA
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -52,7 +52,8 @@ def _ca(folder: Path, name: str) -> tuple[Path, Path]:
 
 def make_tls_files(folder: Path) -> TlsFiles:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make a throwaway CA")
+        pytest.fail("the openssl CLI is needed to make a throwaway CA: run ./scripts/install-system-deps.sh "
+                    "(or apt-get install openssl)")
     folder.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _ca(folder, "ca")
     other_ca, _ = _ca(folder, "other-ca")
