@@ -84,8 +84,10 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
 
     cells = {"static key": [API_KEY], "one virtual key": [secrets[KEYS // 2]], f"{SPREAD:,} virtual keys": secrets[:SPREAD]}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in cells}
+    names = list(cells)
     for rep in range(repeats):
-        for name, keys in cells.items():
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # each cell first once: no place bias
+            keys = cells[name]
             r = _measure(start.url, keys, duration_s)
             results[name].append(r)
             failed = f"  {r['failed']} FAILED {r['errors']}" if r["failed"] else ""

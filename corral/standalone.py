@@ -28,7 +28,6 @@ from corral.controller.autoscaling import Autoscaling
 from corral.controller.manager import Manager
 from corral.core.registry import InstanceRecord, InstanceState
 from corral.core.spec import ModelSpec, Settings
-from corral.engines.catalog import installed_engines
 from corral.gateway.app import create_gateway_app
 from corral.gateway.keys import KeyChain, VirtualKeys
 from corral.gateway.router import Router
@@ -108,7 +107,7 @@ class Standalone:
         await self.virtual_keys.start()
         for spec in self.settings.models:
             await self._store.put_model(spec)
-        self.manager.worker_seen(self.worker.worker_id, None, installed_engines(), ttl=None)
+        self.manager.worker_seen(self.worker.worker_id, None, self.worker.engines(), ttl=None)
         await self.manager.start(reconcile=False)
         self._deploying = asyncio.create_task(self._deploy(), name="deploy")
         watching = asyncio.create_task(self.worker.watch_engines(), name="watch-engines")

@@ -40,6 +40,8 @@ REPLACE_BACKOFF_S = 1.0  # first wait before a worker replaces a failed unmanage
 REPLACE_BACKOFF_MAX_S = 60.0
 
 
+ENGINES_REFRESH_S = 60.0
+
 class Worker:
     def __init__(
         self,
@@ -60,6 +62,17 @@ class Worker:
         self._idle.set()
         self._background: set[asyncio.Task[object]] = set()
         self._replace_backoff: dict[str, float] = {}  # per spec name: the next replacement's wait
+        self._engines: tuple[float, list[str]] | None = None  # (when, installed engines): see ``engines``
+
+    def engines(self) -> list[str]:
+        """The engines installed here. Finding them reads every distribution's entry
+        points and looks for modules on disk, tens of milliseconds: ``status`` is read
+        every second (the controller's load refresh), so the list is kept for
+        ``ENGINES_REFRESH_S`` (an engine installed meanwhile is seen within that)."""
+        now = time.monotonic()
+        if self._engines is None or now - self._engines[0] >= ENGINES_REFRESH_S:
+            self._engines = (now, installed_engines())
+        return self._engines[1]
 
     def spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         """Run a management action (start, drain) after the API call has answered."""
@@ -244,7 +257,7 @@ class Worker:
         joined through a controller also tells it that it is alive (``announce_worker``)."""
         assert self._lease_ttl is not None
         directory = self._registry if isinstance(self._registry, WorkerDirectory) else None
-        engines = installed_engines()
+        engines = self.engines()
         down = False
         while True:
             try:
@@ -314,4 +327,4 @@ class Worker:
                     "load_seconds": instance.load_seconds,
                 }
             )
-        return {"worker_id": self.worker_id, "address": self.address, "engines": installed_engines(), "instances": out}
+        return {"worker_id": self.worker_id, "address": self.address, "engines": self.engines(), "instances": out}
