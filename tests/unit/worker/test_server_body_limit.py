@@ -9,16 +9,11 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-import uvicorn
 
 from corral.cluster.wire import encode_embedding
-from corral.core.spec import ModelKind, ModelSpec
 from corral.core.types import EmbeddingRequest, EmbeddingResult, EngineLoad, Usage
-from corral.registry.embedded import EmbeddedRegistry
-from corral.worker import worker as worker_module
-from corral.worker.server import MAX_INTERNAL_BODY, create_worker_app
-from corral.worker.worker import Worker
-from tests.integration.servers import free_port
+from corral.worker.server import MAX_INTERNAL_BODY
+from tests.unit.worker.serving import serving_worker
 from tests.unit.web.raw_http import header, read_answer
 
 
@@ -34,29 +29,10 @@ class Embedder:
         return EmbeddingResult([[0.0]] * len(request.inputs), Usage(1, 0))
 
 
-class _Entry:
-    def create(self, spec: ModelSpec) -> Embedder:
-        return Embedder()
-
-
 @pytest.fixture
 async def worker_port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
-    monkeypatch.setattr(worker_module, "get_entry", lambda name: _Entry())
-    registry = EmbeddedRegistry()
-    await registry.open()
-    worker = Worker(registry, "w1")
-    await worker.start_instance(ModelSpec("e", ModelKind.EMBEDDING, "fake", "x"), "e-1")
-    port = free_port()
-    config = uvicorn.Config(create_worker_app(worker, "tok"), host="127.0.0.1", port=port, http="httptools",
-                            lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield port
-    server.should_exit = True
-    await task
-    await worker.stop()
+    async with serving_worker(monkeypatch, Embedder, "tok") as port:
+        yield port
 
 
 async def test_an_oversized_internal_body_gets_413_and_a_lingering_close(worker_port: int) -> None:

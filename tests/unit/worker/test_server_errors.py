@@ -4,26 +4,19 @@ none on the wire), and a gateway rebuilds the same error from it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from corral.cluster.wire import encode_embedding
 from corral.core.errors import EngineError, Overloaded
-from corral.core.spec import ModelKind, ModelSpec
 from corral.core.types import EmbeddingRequest, EmbeddingResult, EngineLoad
 from corral.gateway.remote import RemoteInstance
-from corral.registry.embedded import EmbeddedRegistry
 from corral.net.pool import PoolSettings, make_session
-from corral.worker import worker as worker_module
-from corral.worker.server import create_worker_app
-from corral.worker.worker import Worker
-from tests.integration.servers import free_port
+from tests.unit.worker.serving import serving_worker
 
 
 class FailingEmbedder:
@@ -42,27 +35,10 @@ class FailingEmbedder:
         raise ZeroDivisionError("secret internal detail")
 
 
-class _Entry:
-    def create(self, spec: ModelSpec) -> FailingEmbedder:
-        return FailingEmbedder()
-
-
 @pytest.fixture
 async def worker_url(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    monkeypatch.setattr(worker_module, "get_entry", lambda name: _Entry())
-    registry = EmbeddedRegistry()
-    await registry.open()
-    worker = Worker(registry, "w1")
-    await worker.start_instance(ModelSpec("e", ModelKind.EMBEDDING, "fake", "x"), "e-1")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_worker_app(worker, None), host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-    await worker.stop()
+    async with serving_worker(monkeypatch, FailingEmbedder, None) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def assert_error_json(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
