@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
 
-from corral.protocol.common import INT64_MAX, INT64_MIN, MAX_STOP_CHARS, Id, TokenCount, check_stops
+from corral.protocol.common import INT64_MAX, INT64_MIN, MAX_ID_CHARS, MAX_STOP_CHARS, MAX_TOKENS, Id, TokenCount, check_stops
 from corral.protocol.common import encodable as _encodable
 
 # allow_inf_nan: JSON has no NaN, but the parser takes ``NaN``/``Infinity`` and 1e400
