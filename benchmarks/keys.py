@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from benchmarks.gateway import API_KEY, MODEL, NONSTREAM_TOKENS, WARMUP_S
-from benchmarks.procs import Processes, free_port, wait_ready
+from benchmarks.procs import Proc, Processes, free_port, wait_ready
 from benchmarks.report import Check, Section, Table, median, ratio
 from corral.bench import loadgen
 from corral.bench.stats import summarize
@@ -52,16 +52,18 @@ async def _create_keys(url: str, n: int, say: Callable[[str], None]) -> list[str
     return secrets
 
 
-def _measure(url: str, keys: list[str], duration_s: float) -> dict[str, Any]:
+def _measure(url: str, keys: list[str], duration_s: float, server: Proc) -> dict[str, Any]:
     config = loadgen.LoadConfig(
         url=f"{url}/v1", model=MODEL, api_key=keys[0], api_keys=tuple(keys) if len(keys) > 1 else (),
         endpoint="chat", stream=False, concurrency=CONCURRENCY, duration_s=WARMUP_S,
         max_tokens=NONSTREAM_TOKENS, timeout_s=30.0,
     )
     loadgen.run(config)
+    before = server.cpu_s()
     s = summarize(loadgen.run(replace(config, duration_s=duration_s)))
-    return {"rps": s["requests_per_s"] if s["ok"] else None, "p50_ms": s["latency_ms"]["p50"], "ok": s["ok"],
-            "failed": s["failed"], "errors": s["errors"]}
+    cpu_ms = (server.cpu_s() - before) * 1000 / s["ok"] if s["ok"] else None
+    return {"rps": s["requests_per_s"] if s["ok"] else None, "p50_ms": s["latency_ms"]["p50"], "cpu_ms": cpu_ms,
+            "ok": s["ok"], "failed": s["failed"], "errors": s["errors"]}
 
 
 def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Callable[[str], None]) -> Section:
@@ -88,23 +90,27 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
     for rep in range(repeats):
         for name in names[rep % len(names):] + names[:rep % len(names)]:  # each cell first once: no place bias
             keys = cells[name]
-            r = _measure(start.url, keys, duration_s)
+            r = _measure(start.url, keys, duration_s, start)
             results[name].append(r)
             failed = f"  {r['failed']} FAILED {r['errors']}" if r["failed"] else ""
             say(f"  rep {rep + 1}/{repeats}  {name:18s} non-stream c={CONCURRENCY}  {r['rps'] or 0:8.0f} req/s  "
-                f"p50 {r['p50_ms'] or 0:6.2f} ms{failed}")
+                f"p50 {r['p50_ms'] or 0:6.2f} ms  CPU {r['cpu_ms'] or 0:.3f} ms/req{failed}")
 
-    def x_static(name: str) -> float | None:
-        return median([ratio(a["rps"], b["rps"]) for a, b in zip(results[name], results["static key"])])
+    def x_static(name: str, key: str = "rps") -> float | None:
+        return median([ratio(a[key], b[key]) for a, b in zip(results[name], results["static key"])])
 
     rows = [[name, median([r["rps"] for r in runs]), median([r["p50_ms"] for r in runs]),
-             x_static(name) if name != "static key" else 1.0, sum(r["failed"] for r in runs)]
+             median([r["cpu_ms"] for r in runs]), x_static(name) if name != "static key" else 1.0,
+             x_static(name, "cpu_ms") if name != "static key" else 1.0, sum(r["failed"] for r in runs)]
             for name, runs in results.items()]
     table = Table(f"virtual keys: corral start holding {KEYS:,} keys with limits, non-streamed c={CONCURRENCY} "
-                  "(ratio to the static key in the same repeat)", ["key", "req/s", "p50 ms", "x static", "failed"], rows)
+                  "(ratios to the static key in the same repeat)",
+                  ["key", "req/s", "p50 ms", "CPU ms/req", "req/s x static", "CPU x static", "failed"], rows)
     checks = [
         Check(f"one virtual key among {KEYS:,} with limits, x static key", x_static("one virtual key"), ">=", 0.95),
         Check(f"{SPREAD:,} virtual keys in rotation, x static key", x_static(f"{SPREAD:,} virtual keys"), ">=", 0.95),
+        Check("CPU per request, one virtual key x static key", x_static("one virtual key", "cpu_ms"), "<=", 1.05,
+              note="steadier than req/s on a shared machine"),
     ]
     notes = [f"{KEYS:,} keys created through POST /admin/v1/keys in {create_s:.1f} s "
              f"({KEYS / create_s:,.0f} keys/s, 16 at a time).",
