@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral.cli.serve import Runner, configure_logging
+from corral.cli.serve import Runner, configure_logging, raise_fd_limit
 from corral.core.errors import ConfigError
 from corral.cli.protocols import parse_protocols
 from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
@@ -20,6 +20,8 @@ from corral.web.hosts import is_loopback
 if TYPE_CHECKING:
     from corral.controller.capacity import Capacity
     from corral.core.launcher import Launcher
+    from corral.gateway.service import GatewayService
+    from corral.observe.metrics_shared import ProcessSlot
 
 log = logging.getLogger("corral")
 
@@ -192,11 +194,14 @@ def _require_cluster_token(token: str | None, host: str, what: str) -> None:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        return _supervise_gateway(args)
     from corral.gateway.router import RouterSettings
     from corral.gateway.service import GatewayService
     from corral.registry.factory import registry_from_url
     from corral.state.factory import state_from_url
 
+    child = args.listen_fd is not None  # one of the processes of --processes N
     try:
         token = _cluster_token(args)
         keys = tuple(args.api_keys or ()) + ((os.environ["CORRAL_API_KEY"],) if os.environ.get("CORRAL_API_KEY") else ())
@@ -211,14 +216,60 @@ def run_gateway(args: argparse.Namespace) -> int:
         registry = registry_from_url(_registry_url(args), token)
         # virtual keys: a controller serves its own; a shared registry has the state store beside it
         key_source = registry if args.controller else state_from_url(args.registry)
+        process = None
+        if child:
+            from corral.cli.processes import parse_slot
+
+            process = parse_slot(args.process_slot)
         service = GatewayService(
             registry, server, token, routing, worker_timeout_s=args.worker_timeout, key_source=key_source,  # type: ignore[arg-type]
+            process=process,
         )
     except ConfigError as exc:
         return _fail(exc.message)
-    configure_logging(args.log_level)
-    log.info("gateway on http://%s:%d (protocols: %s)", args.host, args.port, ", ".join(server.protocols))
-    return Runner().run(service.app, args.host, args.port, args.log_level)
+    if not child:
+        configure_logging(args.log_level)
+        raise_fd_limit()
+        log.info("gateway on http://%s:%d (protocols: %s)", args.host, args.port, ", ".join(server.protocols))
+        return Runner().run(service.app, args.host, args.port, args.log_level)
+    assert process is not None
+    return _serve_child(args, service, process)
+
+
+def _serve_child(args: argparse.Namespace, service: GatewayService, process: ProcessSlot) -> int:
+    """One process of ``--processes N``, on the socket its supervisor holds."""
+    from corral.cli.processes import tell_ready, watch_parent
+
+    configure_logging(args.log_level, tag=f"[{process.slot}] ")
+    sock = socket.socket(fileno=args.listen_fd)
+    runner = Runner()
+
+    def started() -> None:
+        tell_ready(args.ready_fd, service.router.synced)
+        watch_parent(runner.stop)
+
+    log.info("gateway process %d (pid %d) on http://%s:%d", process.slot, os.getpid(), args.host,
+             sock.getsockname()[1])
+    return runner.run(service.app, args.host, args.port, args.log_level, sock=sock, on_started=started)
+
+
+def _supervise_gateway(args: argparse.Namespace) -> int:
+    from corral.cli.processes import child_argv, supervise
+
+    if args.listen_fd is not None:
+        return _fail("--processes cannot be given to a supervised process")
+    try:  # what fails the same way in every child is said once, here
+        _cluster_token(args)
+        _registry_url(args)
+        if args.worker_timeout <= 5.0:
+            raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
+    except ConfigError as exc:
+        return _fail(exc.message)
+    configure_logging(args.log_level, tag="[supervisor] ")
+    raise_fd_limit()  # the children inherit it
+    argv = list(args.argv)
+    return supervise(lambda slot, listen_fd, ready_fd: child_argv(argv, slot, listen_fd, ready_fd),
+                     args.host, args.port, args.processes)
 
 
 def _fail(message: str) -> int:

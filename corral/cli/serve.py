@@ -3,6 +3,11 @@
 Corral handles SIGINT/SIGTERM itself: the first asks for a graceful shutdown (in-flight
 streams finish, bounded by the graceful timeout), a second forces it. The process then
 exits 0, which is what service managers expect from a requested stop.
+
+A server is given its listening socket already bound when a supervisor holds it
+(``corral gateway --processes N``, ``corral/cli/processes.py``); ``on_started`` runs once
+it accepts connections. ``raise_fd_limit`` lifts the open-files soft limit of a gateway
+process, which holds two descriptors per open stream (the client's, the upstream's).
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -23,7 +30,13 @@ class Server(uvicorn.Server):
     coroutine (a worker's drain) run on the first signal, before connections close."""
 
     before_exit: Callable[[], Awaitable[None]] | None = None
+    on_started: Callable[[], None] | None = None
     _draining: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -91,6 +104,11 @@ class Runner:
         if self._server is not None:
             self._server.should_exit = True
 
+    def stop(self) -> None:
+        """A graceful stop, as on the first SIGTERM."""
+        if self._server is not None:
+            self._server.should_exit = True
+
     def run(
         self,
         app: Any,
@@ -98,18 +116,49 @@ class Runner:
         port: int,
         log_level: str,
         before_exit: Callable[[], Awaitable[None]] | None = None,
+        sock: socket.socket | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> int:
+        """``sock``: serve on this bound, listening socket instead of binding ``host:port``."""
         self._server = make_server(app, host, port, log_level, before_exit=before_exit)
-        self._server.run()
+        self._server.on_started = on_started
+        self._server.run(sockets=[sock] if sock is not None else None)
         if not self._server.started and self.exit_code == 0:
             self.exit_code = 1  # uvicorn already said why (e.g. the port is taken)
         return self.exit_code
 
 
-def configure_logging(level: str) -> None:
+# descriptors a gateway process wants: two per open stream (client, upstream) for about 8,000
+# streams, and some for its files, registry and pools
+WANTED_FDS = 16_384
+
+
+def raise_fd_limit(wanted: int = WANTED_FDS) -> int:
+    """Lift the soft limit on open files to the hard limit when it is below ``wanted``
+    (a common default soft limit, 1,024, is about 500 open streams); logged. The limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = hard if hard != resource.RLIM_INFINITY else max(wanted, soft)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError) as exc:
+                logging.getLogger("corral").warning("cannot raise the open-files limit from %d: %s", soft, exc)
+                return soft
+            logging.getLogger("corral").info("open-files limit raised from %d to %d (the hard limit)", soft, target)
+            soft = target
+        if soft < wanted:
+            logging.getLogger("corral").warning(
+                "open-files limit %d (hard limit %s): about %d streams at once; raise the hard limit (ulimit -Hn, "
+                "LimitNOFILE=) for more", soft, hard, max(soft - 1024, 0) // 2)
+    return soft
+
+
+def configure_logging(level: str, tag: str = "") -> None:
+    """``tag``: a prefix naming the process, when several log to one stream."""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )

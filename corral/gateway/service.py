@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from corral.net.client import make_http_client
 from corral.net.pool import PoolSettings, make_session
 from corral.gateway.router import Router, RouterSettings, Target
 from corral.gateway.observability import gateway_observability
+from corral.observe.metrics_shared import ProcessSlot
 
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,11 @@ class GatewayService:
         router_settings: RouterSettings | None = None,
         worker_timeout_s: float = 30.0,
         key_source: KeySource | None = None,
+        process: ProcessSlot | None = None,
     ) -> None:
+        """``process``: this is one of several processes serving one port (``corral
+        gateway --processes N``); each is a whole gateway following the registry itself,
+        and they share their metrics (see ``observe/metrics_shared.py``)."""
         self._registry = registry
         # the virtual keys, from the controller (the registry) or the store next to the registry
         self._key_source = key_source
@@ -65,12 +71,15 @@ class GatewayService:
         self.router = Router(
             registry, self._resolve, router_settings, health_check=self._probe, on_cold=lambda m: self._report_now.set()
         )
-        self.observability = gateway_observability(server, self.router, "corral-gateway")
+        self.observability = gateway_observability(server, self.router, "corral-gateway", process=process)
+        # which process answered: harmless (a slot and a pid), and what shows the kernel spreading connections
+        detail = {"process": {"slot": process.slot, "pid": os.getpid()}} if process is not None else None
         self.app = create_gateway_app(
             self.router, server, self.readiness, self.lifespan,
             extra_routes=self.observability.routes, tracker=self.observability.tracker,
             stored_responses=self.observability.stored,
             keys=KeyChain([KeySet(server.api_keys), self.virtual_keys]) if self.virtual_keys is not None else None,
+            health_detail=detail,
         )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
