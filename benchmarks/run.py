@@ -4,7 +4,9 @@ Sections (``--only`` picks some): 1. gateway overhead against a fake upstream, w
 bare aiohttp proxy as the reference; 2. engines (transformers batching, embeddings);
 3. footprint (idle memory, ``corral --help``, cold start); 4. the observability
 micro-benchmark (``benchmarks/observability.py``); 5. autoscaling 0 -> up -> down -> 0
-(cold start, overload to new capacity, requests lost). Each prints its tables, its ratios
+(cold start, overload to new capacity, requests lost); 6. ``corral gateway --processes 2``
+against one process (``benchmarks/processes.py``); 7. 5,000 open slow streams and
+10,000 queued requests (``benchmarks/streams.py``). Each prints its tables, its ratios
 to a baseline measured in the same run and PASS/MISS per target; everything is written
 to ``benchmarks/results/latest.json`` and ``latest.md``. The whole run takes about
 6 minutes on 2 cores; ``--quick`` takes about one (for checking the suite itself).
@@ -23,12 +25,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import engines, footprint, gateway, scaling
+from benchmarks import engines, footprint, gateway, processes, scaling, streams
 from benchmarks.procs import Processes, bench_env, machine
 from benchmarks.report import Section, Table, write
 from corral import __version__
 
-SECTIONS = ("gateway", "engines", "footprint", "observability", "scaling")
+SECTIONS = ("gateway", "engines", "footprint", "observability", "scaling", "processes", "streams")
 RESULTS = Path(__file__).with_name("results")
 
 
@@ -52,7 +54,7 @@ def observability(duration_s: float, repeats: int, work: Path, procs: Processes,
 
 RUNNERS: dict[str, Callable[..., Section]] = {
     "gateway": gateway.run, "engines": engines.run, "footprint": footprint.run, "observability": observability,
-    "scaling": scaling.run,
+    "scaling": scaling.run, "processes": processes.run, "streams": streams.run,
 }
 
 

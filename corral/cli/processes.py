@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from corral.cli.serve import BACKLOG
 from corral.observe.metrics_shared import ProcessSlot, fold_exited
 
 log = logging.getLogger("corral.processes")
@@ -52,7 +53,7 @@ STOP_TIMEOUT_S = 30.0  # a child's drain (10 s for its streams) and shutdown, th
 Command = Callable[[ProcessSlot, int, int], list[str]]  # (slot, listen fd, ready fd) -> argv
 
 
-def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
+def listening_sockets(host: str, port: int, count: int, backlog: int = BACKLOG) -> list[socket.socket]:
     """``count`` sockets listening on ``host:port`` (``SO_REUSEPORT``; without it, one
     socket shared by every slot). Port 0 picks one free port for all."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -25,6 +25,12 @@ from typing import Any
 import uvicorn
 
 
+# connections the kernel holds for the server before it accepts them (capped by
+# net.core.somaxconn, 4,096 on current kernels): a burst of new streams beyond it is
+# dropped and retried by clients a second later
+BACKLOG = 8192
+
+
 class Server(uvicorn.Server):
     """uvicorn's server with Corral's signal handling and an optional ``before_exit``
     coroutine (a worker's drain) run on the first signal, before connections close."""
@@ -84,6 +90,7 @@ def make_server(
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=graceful_timeout,
+        backlog=BACKLOG,
     )
     server = Server(config)
     server.before_exit = before_exit
