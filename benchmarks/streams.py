@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import resource
 import sys
 import time
@@ -40,6 +41,7 @@ from aiohttp import web
 
 from benchmarks.procs import Proc, Processes, free_port, wait_ready
 from benchmarks.report import Check, Section, Table
+from corral.cli.serve import tune_gc
 
 STREAMS = 5000
 SOME = 1000  # a load the machine carries with room to spare
@@ -315,6 +317,16 @@ def _path(name: str, url: str, headers: dict[str, str], n: int, proxy: Proc | No
 
 def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Callable[[str], None]) -> Section:
     del duration_s, repeats  # one run of each: the streams last their CHUNKS seconds
+    threshold = gc.get_threshold()
+    tune_gc()  # the clients' own collector pauses would count as the servers' (as the upstream's: it tunes too)
+    try:
+        return _run(work, procs, say)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def _run(work: Path, procs: Processes, say: Callable[[str], None]) -> Section:
     t0 = time.perf_counter()
     fds = raise_fd_limit()
     say(f"streams: open-files limit {fds:,}; a slow upstream, the bare proxy, corral start; streams of {CHUNKS} "
@@ -430,5 +442,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     raise_fd_limit()
+    tune_gc()
     web.run_app(upstream_app(), host="127.0.0.1", port=args.port, access_log=None, print=None,
                 loop=uvloop.new_event_loop(), backlog=4096)
