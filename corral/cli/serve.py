@@ -144,9 +144,9 @@ FULL_COLLECTION_AFTER = 100
 def tune_gc() -> None:
     """Once the server has started. A full collection of the cyclic garbage collector
     walks every live object while the event loop waits: on a gateway holding 1,000 open
-    streams (about 250 tracked objects each), 100-250 ms on 2 cores, every few seconds
-    under load, which was most of its p99 time to first token (210 ms added; 37 ms
-    without). What is alive at start (modules, the app, its engines) lives as long as
+    streams (about 250 tracked objects each), 100-250 ms on 2 cores, every second or two
+    while streams open, which was most of its p99 time to first token (210 ms; 37 ms
+    with this). What is alive at start (modules, the app, its engines) lives as long as
     the process: ``gc.freeze`` takes it out of every collection. And full collections
     come ten times less often. Young collections still run as usual, and most of what a
     request allocates is freed by reference counting; cyclic garbage that reached the
