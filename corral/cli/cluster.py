@@ -18,6 +18,8 @@ from corral.core.spec import PROTOCOLS, ModelSpec, ServerSettings
 from corral.web.hosts import is_loopback
 
 if TYPE_CHECKING:
+    import asyncio
+
     from corral.controller.capacity import Capacity
     from corral.core.launcher import Launcher
     from corral.gateway.service import GatewayService
@@ -218,9 +220,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         key_source = registry if args.controller else state_from_url(args.registry)
         process = None
         if child:
-            from corral.cli.processes import parse_slot
-
-            process = parse_slot(args.process_slot)
+            process = _parse_slot(args.process_slot)
         service = GatewayService(
             registry, server, token, routing, worker_timeout_s=args.worker_timeout, key_source=key_source,  # type: ignore[arg-type]
             process=process,
@@ -243,18 +243,31 @@ def _serve_child(args: argparse.Namespace, service: GatewayService, process: Pro
     configure_logging(args.log_level, tag=f"[{process.slot}] ")
     sock = socket.socket(fileno=args.listen_fd)
     runner = Runner()
+    tasks: list[asyncio.Task[None]] = []  # referenced here for as long as they run
 
     def started() -> None:
-        tell_ready(args.ready_fd, service.router.synced)
-        watch_parent(runner.stop)
+        tasks.extend((tell_ready(args.ready_fd, service.router.synced), watch_parent(runner.stop)))
 
     log.info("gateway process %d (pid %d) on http://%s:%d", process.slot, os.getpid(), args.host,
              sock.getsockname()[1])
     return runner.run(service.app, args.host, args.port, args.log_level, sock=sock, on_started=started)
 
 
+def _child_argv(argv: list[str], slot: ProcessSlot, listen_fd: int, ready_fd: int) -> list[str]:
+    """A supervised process's command line: the supervisor's own, as one process on a given socket."""
+    return [sys.executable, "-m", "corral.cli.main", *argv, "--processes", "1", "--listen-fd", str(listen_fd),
+            "--ready-fd", str(ready_fd), "--process-slot", f"{slot.slot}:{slot.generation}:{slot.folder}"]
+
+
+def _parse_slot(text: str) -> ProcessSlot:
+    from corral.observe.metrics_shared import ProcessSlot
+
+    slot, generation, folder = text.split(":", 2)
+    return ProcessSlot(Path(folder), int(slot), int(generation))
+
+
 def _supervise_gateway(args: argparse.Namespace) -> int:
-    from corral.cli.processes import child_argv, supervise
+    from corral.cli.processes import supervise
 
     if args.listen_fd is not None:
         return _fail("--processes cannot be given to a supervised process")
@@ -268,7 +281,7 @@ def _supervise_gateway(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, tag="[supervisor] ")
     raise_fd_limit()  # the children inherit it
     argv = list(args.argv)
-    return supervise(lambda slot, listen_fd, ready_fd: child_argv(argv, slot, listen_fd, ready_fd),
+    return supervise(lambda slot, listen_fd, ready_fd: _child_argv(argv, slot, listen_fd, ready_fd),
                      args.host, args.port, args.processes)
 
 

@@ -32,7 +32,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -76,7 +75,7 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = BACKLOG) 
 class Child:
     slot: ProcessSlot
     popen: subprocess.Popen[bytes]
-    ready_read: int  # the child writes one byte here once it serves
+    ready_read: int | None  # the child writes one byte here once it serves; None once closed
     started_at: float = field(default_factory=time.monotonic)
     ready: bool = False
 
@@ -166,8 +165,7 @@ class Supervisor:
                 child.ready = True
                 log.info("process %d (pid %d) serving", child.slot.slot, child.popen.pid)
             if not data:
-                self._selector.unregister(key.fd)
-                os.close(key.fd)
+                self._close_ready(child)
         self._reap()
         now = time.monotonic()
         for slot, when in list(self._due.items()):
@@ -198,10 +196,14 @@ class Supervisor:
             log.warning("process %d (pid %d) %s after %.1f s; starting it again in %.1f s", slot, child.popen.pid,
                         _how(code), lived, delay)
 
-    def _forget(self, child: Child) -> None:
-        if child.ready_read in self._selector.get_map():
+    def _close_ready(self, child: Child) -> None:
+        if child.ready_read is not None:  # (its number may be another child's pipe once closed)
             self._selector.unregister(child.ready_read)
             os.close(child.ready_read)
+            child.ready_read = None
+
+    def _forget(self, child: Child) -> None:
+        self._close_ready(child)
         try:
             fold_exited(child.slot)  # its counters live on in the slot's series
         except OSError as exc:
@@ -283,20 +285,9 @@ def supervise(command: Command, host: str, port: int, count: int) -> int:
                 sock.close()
 
 
-def child_argv(argv: list[str], slot: ProcessSlot, listen_fd: int, ready_fd: int) -> list[str]:
-    """The command line of a child: the supervisor's own, as one process on a given socket."""
-    return [sys.executable, "-m", "corral.cli.main", *argv, "--processes", "1", "--listen-fd", str(listen_fd),
-            "--ready-fd", str(ready_fd), "--process-slot", f"{slot.slot}:{slot.generation}:{slot.folder}"]
-
-
-def parse_slot(text: str) -> ProcessSlot:
-    slot, generation, folder = text.split(":", 2)
-    return ProcessSlot(Path(folder), int(slot), int(generation))
-
-
-def tell_ready(ready_fd: int, synced: asyncio.Event, timeout: float = 10.0) -> None:
+def tell_ready(ready_fd: int, synced: asyncio.Event, timeout: float = 10.0) -> asyncio.Task[None]:
     """Once the router has the registry's first view (or ``timeout`` went by: requests
-    wait for it anyway), write the supervisor its byte. Call on the event loop."""
+    wait for it anyway), write the supervisor its byte. Call on the event loop; keep the task."""
 
     async def wait_then_tell() -> None:
         try:
@@ -308,11 +299,11 @@ def tell_ready(ready_fd: int, synced: asyncio.Event, timeout: float = 10.0) -> N
         except OSError:
             pass  # the supervisor is gone; watch_parent ends this process
 
-    asyncio.get_running_loop().create_task(wait_then_tell(), name="tell-ready")
+    return asyncio.get_running_loop().create_task(wait_then_tell(), name="tell-ready")
 
 
-def watch_parent(on_orphan: Callable[[], None], every_s: float = 1.0) -> None:
-    """Call ``on_orphan`` once when the supervisor dies (this process is re-parented)."""
+def watch_parent(on_orphan: Callable[[], None], every_s: float = 1.0) -> asyncio.Task[None]:
+    """Call ``on_orphan`` once when the supervisor dies (this process is re-parented); keep the task."""
     parent = os.getppid()
 
     async def watch() -> None:
@@ -321,4 +312,4 @@ def watch_parent(on_orphan: Callable[[], None], every_s: float = 1.0) -> None:
         log.warning("the supervisor (pid %d) is gone: stopping", parent)
         on_orphan()
 
-    asyncio.get_running_loop().create_task(watch(), name="watch-supervisor")
+    return asyncio.get_running_loop().create_task(watch(), name="watch-supervisor")

@@ -10,7 +10,8 @@ import socket
 import pytest
 
 from corral.cli import serve
-from corral.cli.processes import listening_sockets, parse_slot
+from corral.cli.cluster import _parse_slot as parse_slot
+from corral.cli.processes import listening_sockets
 
 
 @pytest.fixture
