@@ -14,6 +14,7 @@ core per gateway process to spare, req/s follows the cores.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,12 +89,7 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
         Check("2 processes req/s per gateway core, x one process's", per_core_ratio, ">=", 0.9,
               note="what a core per process would give"),
     ]
-    notes = [f"the load generator, the fake upstream, the worker and the gateway share {_cores()} cores: the "
+    notes = [f"the load generator, the fake upstream, the worker and the gateway share {os.cpu_count() or 1} cores: the "
              "gateway's req/s is bounded by what the others leave it; req/s per gateway core is the scaling figure."]
     return Section("6. gateway processes", [table], checks, notes, {"cells": results}, time.perf_counter() - t0)
 
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
