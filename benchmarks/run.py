@@ -5,7 +5,9 @@ bare aiohttp proxy as the reference; 2. engines (transformers batching, embeddin
 3. footprint (idle memory, ``corral --help``, cold start); 4. the observability
 micro-benchmark (``benchmarks/observability.py``); 5. autoscaling 0 -> up -> down -> 0
 (cold start, overload to new capacity, requests lost); 6. virtual keys (10,000 keys with
-limits against a static key); 7. the HTTP floor (uvicorn against granian, same app). Each prints its tables, its ratios
+limits against a static key); 7. the HTTP floor (uvicorn against granian, same app);
+8. ``corral gateway --processes 2`` against one process (``benchmarks/processes.py``);
+9. 5,000 open slow streams and 10,000 queued requests (``benchmarks/streams.py``). Each prints its tables, its ratios
 to a baseline measured in the same run and PASS/MISS per target; everything is written
 to ``benchmarks/results/latest.json`` and ``latest.md``. The whole run takes about
 6 minutes on 2 cores; ``--quick`` takes about one (for checking the suite itself).
@@ -24,12 +26,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import engines, footprint, gateway, keys, scaling, servers
+from benchmarks import engines, footprint, gateway, keys, processes, scaling, servers, streams
 from benchmarks.procs import Processes, bench_env, machine
 from benchmarks.report import Section, Table, write
 from corral import __version__
 
-SECTIONS = ("gateway", "engines", "footprint", "observability", "scaling", "keys", "servers")
+SECTIONS = ("gateway", "engines", "footprint", "observability", "scaling", "keys", "servers", "processes", "streams")
 RESULTS = Path(__file__).with_name("results")
 
 
@@ -53,7 +55,8 @@ def observability(duration_s: float, repeats: int, work: Path, procs: Processes,
 
 RUNNERS: dict[str, Callable[..., Section]] = {
     "gateway": gateway.run, "engines": engines.run, "footprint": footprint.run, "observability": observability,
-    "scaling": scaling.run, "keys": keys.run, "servers": servers.run,
+    "scaling": scaling.run, "keys": keys.run, "servers": servers.run, "processes": processes.run,
+    "streams": streams.run,
 }
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral.cli.serve import Runner, configure_logging
+from corral.cli.serve import Runner, configure_logging, raise_fd_limit
 from corral.cli.tls_args import tls_from_args
 from corral.core.errors import ConfigError
 from corral.cli.protocols import parse_protocols
@@ -26,11 +26,14 @@ from corral.core.usage import StoreExchange
 from corral.web.hosts import is_loopback
 
 if TYPE_CHECKING:
+    import asyncio
     import ssl
 
     from corral.controller.capacity import Capacity
     from corral.core.launcher import Launcher
     from corral.core.tls import TlsSettings
+    from corral.gateway.service import GatewayService
+    from corral.observe.metrics_shared import ProcessSlot
 
 log = logging.getLogger("corral")
 
@@ -222,12 +225,15 @@ def _require_cluster_token(token: str | None, host: str, what: str) -> None:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        return _supervise_gateway(args)
     from corral.gateway.router import RouterSettings
     from corral.core.tls import client_context
     from corral.gateway.service import GatewayService
     from corral.registry.factory import registry_from_url
     from corral.state.factory import state_from_url
 
+    child = args.listen_fd is not None  # one of the processes of --processes N
     try:
         token = _cluster_token(args)
         keys = tuple(args.api_keys or ()) + ((os.environ["CORRAL_API_KEY"],) if os.environ.get("CORRAL_API_KEY") else ())
@@ -244,21 +250,77 @@ def run_gateway(args: argparse.Namespace) -> int:
             raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
         registry = registry_from_url(_registry_url(args), token, trust)
         # virtual keys and their shared counters: a controller serves and relays them; a
-        # shared registry has the state store beside it
+        # shared registry has the state store beside it (each process of --processes N
+        # is a gateway of its own: the limits hold across them the same way)
         if args.controller:
             key_source, usage = registry, registry
         else:
             store = state_from_url(args.registry)
             key_source, usage = store, StoreExchange(store)
+        process = None
+        if child:
+            process = _parse_slot(args.process_slot)
         service = GatewayService(
             registry, server, token, routing, worker_timeout_s=args.worker_timeout, key_source=key_source,  # type: ignore[arg-type]
-            usage=usage, ssl_context=trust,  # type: ignore[arg-type]
+            usage=usage, ssl_context=trust, process=process,  # type: ignore[arg-type]
         )
     except ConfigError as exc:
         return _fail(exc.message)
-    configure_logging(args.log_level)
-    log.info("gateway on %s://%s:%d (protocols: %s)", tls.scheme, args.host, args.port, ", ".join(server.protocols))
-    return Runner().run(service.app, args.host, args.port, args.log_level, tls=tls)
+    if not child:
+        configure_logging(args.log_level)
+        raise_fd_limit()
+        log.info("gateway on %s://%s:%d (protocols: %s)", tls.scheme, args.host, args.port, ", ".join(server.protocols))
+        return Runner().run(service.app, args.host, args.port, args.log_level, tls=tls)
+    assert process is not None
+    return _serve_child(args, service, process, tls)
+
+
+def _serve_child(args: argparse.Namespace, service: GatewayService, process: ProcessSlot, tls: TlsSettings) -> int:
+    """One process of ``--processes N``, on the socket its supervisor holds."""
+    from corral.cli.processes import tell_ready, watch_parent
+
+    configure_logging(args.log_level, tag=f"[{process.slot}] ")
+    sock = socket.socket(fileno=args.listen_fd)
+    runner = Runner()
+    tasks: list[asyncio.Task[None]] = []  # referenced here for as long as they run
+
+    def started() -> None:
+        tasks.extend((tell_ready(args.ready_fd, service.router.synced), watch_parent(runner.stop)))
+
+    log.info("gateway process %d (pid %d) on %s://%s:%d", process.slot, os.getpid(), tls.scheme, args.host,
+             sock.getsockname()[1])
+    return runner.run(service.app, args.host, args.port, args.log_level, sock=sock, on_started=started, tls=tls)
+
+def _child_argv(argv: list[str], slot: ProcessSlot, listen_fd: int, ready_fd: int) -> list[str]:
+    """A supervised process's command line: the supervisor's own, as one process on a given socket."""
+    return [sys.executable, "-m", "corral.cli.main", *argv, "--processes", "1", "--listen-fd", str(listen_fd),
+            "--ready-fd", str(ready_fd), "--process-slot", f"{slot.slot}:{slot.generation}:{slot.folder}"]
+
+
+def _parse_slot(text: str) -> ProcessSlot:
+    from corral.observe.metrics_shared import ProcessSlot
+
+    slot, generation, folder = text.split(":", 2)
+    return ProcessSlot(Path(folder), int(slot), int(generation))
+
+
+def _supervise_gateway(args: argparse.Namespace) -> int:
+    from corral.cli.processes import supervise
+
+    if args.listen_fd is not None:
+        return _fail("--processes cannot be given to a supervised process")
+    try:  # what fails the same way in every child is said once, here
+        _cluster_token(args)
+        _registry_url(args)
+        if args.worker_timeout <= 5.0:
+            raise ConfigError("--worker-timeout must be more than the workers' 5 s keep-alive interval")
+    except ConfigError as exc:
+        return _fail(exc.message)
+    configure_logging(args.log_level, tag="[supervisor] ")
+    raise_fd_limit()  # the children inherit it
+    argv = list(args.argv)
+    return supervise(lambda slot, listen_fd, ready_fd: _child_argv(argv, slot, listen_fd, ready_fd),
+                     args.host, args.port, args.processes)
 
 
 def _fail(message: str) -> int:

@@ -76,3 +76,17 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     g.add_argument("--capture-text", action="store_true", help="keep prompt and completion text in the records")
     g.add_argument("--key-limits", type=parse_limits, metavar="LIMITS",
                    help="every virtual key's limits where it sets none, e.g. rpm=600,tpm=100000,budget_period=month")
+    g.add_argument("--processes", type=_positive, default=1, metavar="N",
+                   help="serve the port from N gateway processes (SO_REUSEPORT), kept by a supervisor: one per core "
+                        "multiplies throughput; SIGHUP restarts them one at a time (default 1)")
+    # set by the supervisor of --processes on each child, never by hand
+    g.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--process-slot", help=argparse.SUPPRESS)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

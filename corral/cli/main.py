@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("controller", "worker", "gateway"):
         from corral.cli import cluster
 
+        args.argv = list(argv if argv is not None else sys.argv[1:])  # a supervisor starts its children with it
         return int(getattr(cluster, f"run_{args.command}")(args))
     if args.command in ("model", "status", "audit", "key"):
         from corral.cli.admin import run_admin

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from corral.cli.serve import Runner, configure_logging
+from corral.cli.serve import Runner, configure_logging, raise_fd_limit
 from corral.cli.protocols import parse_protocols
 from corral.cli.tls_args import tls_from_args
 from corral.core.errors import ConfigError
@@ -110,6 +110,7 @@ def run_start(args: argparse.Namespace) -> int:
         print(f"corral: error: {exc.message}", file=sys.stderr)
         return 2
     configure_logging(settings.server.log_level)
+    raise_fd_limit()  # the standalone server is a gateway: two descriptors per open stream
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from corral.standalone import Standalone

@@ -43,19 +43,24 @@ def create_gateway_app(
     stored_responses: ResponseStore | None = None,
     keys: KeyResolver | None = None,
     limiter: Limiter | None = None,
+    health_detail: dict[str, Any] | None = None,
 ) -> Starlette:
     """The protocol front-ends of ``server.protocols`` plus health; ``extra_routes``
     (the standalone admin API) are served by the same app, behind ``extra_middleware``.
     ``keys``: how a public request's key is checked (default: ``server.api_keys``);
-    ``limiter``: the keys' counters (the caller's, when it shares them with other gateways)."""
+    ``limiter``: the keys' counters (the caller's, when it shares them with other gateways).
+    ``health_detail``: more fields of ``GET /health`` (one of several processes on a
+    port says which one answered)."""
     tracker = tracker or Tracker(Observers())
     limiter = limiter or Limiter()
     kit = Kit(Pipeline(router, limiter=limiter), router, tracker, server.max_body_bytes, stored_responses)
     frontends = build_frontends(server.protocols, kit)
     renderers = {f.name: f.render_error for f in frontends}
 
+    health_body = {"status": "ok", **(health_detail or {})}
+
     async def health(request: Request) -> Response:
-        return json_response(200, {"status": "ok"})
+        return json_response(200, health_body)
 
     async def ready(request: Request) -> Response:
         ok, detail = readiness()

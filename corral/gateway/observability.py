@@ -1,6 +1,13 @@
 """Assembling a process's observability from its settings: the tracker and observers
 the gateway feeds (metrics, request records, OTLP export) and the routes that expose
-them (``/metrics``, ``/v1/feedback``)."""
+them (``/metrics``, ``/v1/feedback``).
+
+One of several processes sharing a port (``corral gateway --processes N``, given a
+``ProcessSlot``) serves the merged metrics of all of them (``observe/metrics_shared.py``)
+and writes its request records to the same store as the others: each process has its
+own writer (its own thread and connection); on SQLite the file is in WAL mode and each
+writer holds the write lock for one batched insert (up to 1,000 rows, every 250 ms), so
+the writers rarely meet, and wait (busy timeout) rather than fail when they do."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from corral.core.spec import ServerSettings
 from corral.gateway.router import Router
 from corral.gateway.tracking import Capture, Tracker
 from corral.observe.metrics import GatewayMetrics, MetricsSource, metrics_route
+from corral.observe.metrics_shared import ProcessSlot, SharedMetrics
 from corral.observe.records import DROP_REASONS, RecordStore, default_records_url, feedback_route
 from corral.observe.records_bound import MB, RecordsLimits
 from corral.observe.otlp import OtlpExporter
@@ -76,8 +84,12 @@ class Observability:
     exporter: OtlpExporter | None
     routes: list[Route] = field(default_factory=list)
     stored: ResponseStore | None = None  # the Responses API's stored responses, beside the records
+    shared: SharedMetrics | None = None  # one of several processes on one port: the merged /metrics
+    _snapshots: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def open(self) -> None:
+        if self.shared is not None:
+            self._snapshots = asyncio.create_task(self.shared.run(), name="metrics-snapshots")
         if self.records is not None:
             try:
                 await self.records.open()
@@ -93,6 +105,10 @@ class Observability:
                 self.stored.enabled = False
 
     async def close(self) -> None:
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+        if self.shared is not None:  # after the drain: its last requests are in the last snapshot
+            self.shared.close()
         if self.records is not None:
             await self.records.close()
         if self.stored is not None:
@@ -102,7 +118,8 @@ class Observability:
 
 
 def gateway_observability(
-    server: ServerSettings, router: Router, service: str, extra_metrics: tuple[MetricsSource, ...] = ()
+    server: ServerSettings, router: Router, service: str, extra_metrics: tuple[MetricsSource, ...] = (),
+    process: ProcessSlot | None = None,
 ) -> Observability:
     metrics = GatewayMetrics(router)
     observers = Observers([metrics])
@@ -123,6 +140,11 @@ def gateway_observability(
         redact(url), "captured" if server.capture_text else "not captured",
     )
     tracker = Tracker(observers, Capture(server.capture_text, server.redact))
-    routes = [metrics_route(metrics, *extra_metrics), feedback_route(records)]
+    shared = None
+    if process is not None:
+        if extra_metrics:
+            raise ValueError("extra metrics sources are not shared between processes")
+        shared = SharedMetrics(process, [metrics.registry])
+    routes = [metrics_route(shared or metrics, *extra_metrics), feedback_route(records)]
     stored = ResponseStore(url, StoredLimits(retention_days=server.retention_days))
-    return Observability(tracker, metrics, records, exporter, routes, stored)
+    return Observability(tracker, metrics, records, exporter, routes, stored, shared)

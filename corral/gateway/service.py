@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from corral.net.client import make_http_client
 from corral.net.pool import PoolSettings, make_session
 from corral.gateway.router import Router, RouterSettings, Target
 from corral.gateway.observability import gateway_observability
+from corral.observe.metrics_shared import ProcessSlot
 
 
 log = logging.getLogger(__name__)
@@ -54,12 +56,15 @@ class GatewayService:
         key_source: KeySource | None = None,
         usage: UsageExchange | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        process: ProcessSlot | None = None,
     ) -> None:
         """``key_source``: where the virtual keys are read; ``usage``: how the keys'
         counters are shared with the other gateways (a controller relays them, a store
         keeps them: ``corral.core.usage``); ``ssl_context``: what workers' https://
         addresses are verified against, on the hot path and by the health probes alike
-        (``--tls-ca``)."""
+        (``--tls-ca``); ``process``: this is one of several processes serving one port
+        (``corral gateway --processes N``); each is a whole gateway following the
+        registry itself, and they share their metrics (see ``observe/metrics_shared.py``)."""
         self._registry = registry
         # the virtual keys, from the controller (the registry) or the store next to the registry
         self._key_source = key_source
@@ -79,13 +84,16 @@ class GatewayService:
         )
         self.limiter = Limiter()
         self.usage = UsageSync(self.limiter, usage, self.gateway_id) if usage is not None else None
-        self.observability = gateway_observability(server, self.router, "corral-gateway")
+        self.observability = gateway_observability(server, self.router, "corral-gateway", process=process)
+        # which process answered: harmless (a slot and a pid), and what shows the kernel spreading connections
+        detail = {"process": {"slot": process.slot, "pid": os.getpid()}} if process is not None else None
         self.app = create_gateway_app(
             self.router, server, self.readiness, self.lifespan,
             extra_routes=self.observability.routes, tracker=self.observability.tracker,
             stored_responses=self.observability.stored,
             keys=KeyChain([KeySet(server.api_keys), self.virtual_keys]) if self.virtual_keys is not None else None,
             limiter=self.limiter,
+            health_detail=detail,
         )
 
     def _resolve(self, record: InstanceRecord) -> object | None:
