@@ -45,6 +45,7 @@ class Target:
     measured: list[Proc] = field(default_factory=list)  # processes whose CPU is read; the first is "the gateway"
     endpoint: str = "chat"  # loadgen's endpoint: "messages" (Anthropic) or "ollama-chat" on the same server
     streams_only: bool = False  # measured on the streamed cells only
+    model: str = MODEL  # the model requested (another name: another model of the same server)
 
 
 def upstream_stats(upstream_url: str) -> dict[str, int]:
@@ -103,7 +104,7 @@ def measure(target: Target, upstream_url: str, stream: bool, concurrency: int, d
     """One cell: a short warm-up, then ``duration_s`` of closed-loop load, with the CPU
     the measured processes spent meanwhile."""
     config = loadgen.LoadConfig(
-        url=target.url, model=MODEL, api_key=target.api_key, endpoint=target.endpoint, stream=stream,
+        url=target.url, model=target.model, api_key=target.api_key, endpoint=target.endpoint, stream=stream,
         concurrency=concurrency,
         duration_s=WARMUP_S, max_tokens=STREAM_TOKENS if stream else NONSTREAM_TOKENS, timeout_s=30.0,
     )

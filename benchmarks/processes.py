@@ -91,5 +91,5 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
     ]
     notes = [f"the load generator, the fake upstream, the worker and the gateway share {os.cpu_count() or 1} cores: the "
              "gateway's req/s is bounded by what the others leave it; req/s per gateway core is the scaling figure."]
-    return Section("6. gateway processes", [table], checks, notes, {"cells": results}, time.perf_counter() - t0)
+    return Section("8. gateway processes", [table], checks, notes, {"cells": results}, time.perf_counter() - t0)
 

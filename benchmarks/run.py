@@ -10,7 +10,7 @@ limits against a static key); 7. the HTTP floor (uvicorn against granian, same a
 9. 5,000 open slow streams and 10,000 queued requests (``benchmarks/streams.py``). Each prints its tables, its ratios
 to a baseline measured in the same run and PASS/MISS per target; everything is written
 to ``benchmarks/results/latest.json`` and ``latest.md``. The whole run takes about
-6 minutes on 2 cores; ``--quick`` takes about one (for checking the suite itself).
+19 minutes on 2 cores; ``--quick`` takes about one (for checking the suite itself).
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ uvicorn is right); a MISS says granian now wins by more than 10%. (A third candi
 own server for the hot routes, would mean a second copy of every front-end outside
 Starlette; docs/performance.md gives the profile that bounds what it could save.)
 
-The section also measures the streams' byte pass-through: the uvicorn server again with
-``options.passthrough = false`` (every event decoded into deltas and encoded again),
-on the streamed cell, against the default (events forwarded as they came).
+The section also measures the streams' byte pass-through, in the same uvicorn process: a
+second model on the same upstream with ``options.passthrough = false`` (every event
+decoded into deltas and encoded again), on the streamed cell, against the first (events
+forwarded as they came). One process serves both, so their CPU per stream is read off
+the same heap, records file and metrics.
 """
 
 from __future__ import annotations
@@ -27,14 +29,19 @@ from benchmarks.report import Check, Section, Table, median, ratio
 
 CELLS = [(False, 64), (True, 16)]
 UVICORN, GRANIAN, TRANSLATED = "uvicorn (kept)", "granian", "uvicorn, no pass-through"
+TRANSLATED_MODEL = f"{MODEL}-translated"
 
 
-def _config(work: Path, upstream_url: str, name: str, passthrough: bool = True) -> Path:
+def _config(work: Path, upstream_url: str, name: str) -> Path:
     path = work / f"servers-{name}.toml"
+    models = "".join(
+        f'\n[[models]]\nname = "{model}"\nkind = "llm"\nengine = "openai-compatible"\nsource = "{upstream_url}/v1"\n'
+        f'[models.options]\nupstream_model = "{MODEL}"\npassthrough = {flag}\n'
+        for model, flag in ((MODEL, "true"), (TRANSLATED_MODEL, "false"))
+    )
     path.write_text(
-        f'[server]\nlog_level = "warning"\napi_keys = ["{API_KEY}"]\nrecords = "sqlite:///{work / f"records-{name}.db"}"\n\n'
-        f'[[models]]\nname = "{MODEL}"\nkind = "llm"\nengine = "openai-compatible"\nsource = "{upstream_url}/v1"\n'
-        f'[models.options]\npassthrough = {"true" if passthrough else "false"}\n'
+        f'[server]\nlog_level = "warning"\napi_keys = ["{API_KEY}"]\nrecords = "sqlite:///{work / f"records-{name}.db"}"\n'
+        + models
     )
     return path
 
@@ -55,13 +62,11 @@ def run(duration_s: float, repeats: int, work: Path, procs: Processes, say: Call
         "--workers", "1", "--runtime-mode", "st", "--runtime-threads", "1", "--loop", "uvloop", "--no-ws",
         "--log-level", "warning", "benchmarks.asgi_app:standalone",
     ], gport)
-    tport = free_port()
-    translated = procs.corral("translated", ["start", "--config", str(_config(work, upstream.url, "translated", False)),
-                                             "--port", str(tport)], tport)
-    for proc in (start, granian, translated):
+    for proc in (start, granian):
         wait_ready(proc, "/health/ready", 60)
-    targets = [Target(UVICORN, f"{start.url}/v1", API_KEY, [start]), Target(GRANIAN, f"{granian.url}/v1", API_KEY, [granian]),
-               Target(TRANSLATED, f"{translated.url}/v1", API_KEY, [translated], streams_only=True)]
+    targets = [Target(UVICORN, f"{start.url}/v1", API_KEY, [start]),
+               Target(TRANSLATED, f"{start.url}/v1", API_KEY, [start], streams_only=True, model=TRANSLATED_MODEL),
+               Target(GRANIAN, f"{granian.url}/v1", API_KEY, [granian])]
     results: dict[tuple[str, bool, int], list[dict[str, Any]]] = {}
     for rep in range(repeats):
         for stream, c in CELLS:

@@ -403,7 +403,7 @@ def _run(work: Path, procs: Processes, say: Callable[[str], None]) -> Section:
              f"a full queue answers 429 (with Retry-After) in {queue['refusal_ms']:.1f} ms; a waiting request gives up "
              "after --queue-timeout (30 s by default; 300 s here)."]
     raw = {"runs": runs, "idle_mib": idle, "after_mib": after, "queue": queue}
-    return Section("7. open streams and the queue", [streams_table, memory, queue_table], checks, notes, raw,
+    return Section("9. open streams and the queue", [streams_table, memory, queue_table], checks, notes, raw,
                    time.perf_counter() - t0)
 
 
