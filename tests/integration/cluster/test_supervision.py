@@ -59,6 +59,18 @@ def crash_until_failed(http: httpx.Client, worker: Server, old: str) -> None:
     raise AssertionError("the engine never gave up")
 
 
+def replaced_after_crashes(http: httpx.Client, api: httpx.Client, gateway: Server, worker: Server, old: str) -> str:
+    """Crash ``old`` until it is failed, then wait for its replacement to be ready and to
+    serve through the gateway; the replacement's id."""
+    crash_until_failed(http, worker, old)
+    new = wait_model(api, "chat", lambda m: m["ready"] == 1 and m["instances"][0]["id"] != old, 120)["instances"][0]["id"]
+    wait_for_instances(gateway, "chat", 1)
+    resp = http.post("/v1/completions", json={"model": "chat", "prompt": "again", "max_tokens": 3})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-corral-instance"] == new
+    return str(new)
+
+
 def test_a_failed_engine_is_replaced_by_the_controller(corral_home: Path, tmp_path: Path) -> None:
     cluster = Cluster(corral_home, tmp_path)
     env = fault_env(tmp_path)
@@ -77,12 +89,7 @@ def test_a_failed_engine_is_replaced_by_the_controller(corral_home: Path, tmp_pa
         wait_for_instances(gateway, "chat", 1)
         http = httpx.Client(base_url=gateway.url, timeout=60)
 
-        crash_until_failed(http, worker, old)
-        new = wait_model(api, "chat", lambda m: m["ready"] == 1 and m["instances"][0]["id"] != old, 120)["instances"][0]["id"]
-        wait_for_instances(gateway, "chat", 1)
-        resp = http.post("/v1/completions", json={"model": "chat", "prompt": "again", "max_tokens": 3})
-        assert resp.status_code == 200, resp.text
-        assert resp.headers["x-corral-instance"] == new
+        new = replaced_after_crashes(http, api, gateway, worker, old)
         events = api.get("/audit").json()["events"]
         assert any(e["action"] == "instance-failed" and e["target"] == old for e in events), events
         assert [i["id"] for i in worker_status(worker)["instances"]] == [new]
@@ -105,12 +112,7 @@ def test_a_worker_replaces_a_failed_instance_of_its_own_config(corral_home: Path
         old = wait_model(api, "chat", lambda m: m["ready"] == 1)["instances"][0]["id"]
         wait_for_instances(gateway, "chat", 1)
         http = httpx.Client(base_url=gateway.url, timeout=60)
-        crash_until_failed(http, worker, old)
-        new = wait_model(api, "chat", lambda m: m["ready"] == 1 and m["instances"][0]["id"] != old, 120)["instances"][0]["id"]
-        wait_for_instances(gateway, "chat", 1)
-        resp = http.post("/v1/completions", json={"model": "chat", "prompt": "again", "max_tokens": 3})
-        assert resp.status_code == 200, resp.text
-        assert resp.headers["x-corral-instance"] == new
+        new = replaced_after_crashes(http, api, gateway, worker, old)
         instances = worker_status(worker)["instances"]
         assert [(i["id"], i["managed"]) for i in instances] == [(new, False)]
         http.close()
