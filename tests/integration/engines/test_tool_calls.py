@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from openai import BadRequestError, OpenAI
 
-from tests.integration.servers import Server, start_corral
+from tests.integration.servers import Server
 from tests.unit.engines.openai_compatible.fake_upstream import TOOL_CALLS, FakeUpstream
 
 pytestmark = pytest.mark.integration
@@ -42,22 +42,12 @@ def upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="module")
 def gateways(upstream: FakeUpstream, corral_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     """A standalone server, and a cluster (controller, worker, gateway) with the same models."""
-    from tests.integration.cluster.harness import Cluster, wait_for_instances
+    from tests.integration.cluster.harness import standalone_and_cluster
 
     logs = tmp_path_factory.mktemp("tool-calls")
     config = _config(logs / "models.toml", upstream)
-    standalone = start_corral(["--config", str(config)], corral_home, logs)
-    cluster = Cluster(corral_home, logs)
-    try:
-        join = ["--controller", cluster.controller().url]
-        cluster.worker(join, config)
-        gateway = cluster.gateway(join)
-        for model in ("agent", "agent-whole", "plain"):
-            wait_for_instances(gateway, model, 1)
+    with standalone_and_cluster(corral_home, logs, config, config, ["agent", "agent-whole", "plain"]) as (standalone, gateway, _):
         yield {"standalone": standalone, "cluster": gateway}
-    finally:
-        cluster.stop()
-        standalone.stop()
 
 
 @pytest.fixture(params=["standalone", "cluster"])
