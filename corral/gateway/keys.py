@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from corral.core.errors import CorralError, Unauthorized
 from corral.core.keys import Grant, KeyResolver, KeySource, Limits, VirtualKey, grant_of, key_hash
+from corral.gateway.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +85,15 @@ class VirtualKeys:
             self._task.cancel()
 
     async def _follow(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self._poll_s)
-            try:
-                await self.refresh()
-            except CorralError as exc:
-                if not failing:
-                    log.warning("virtual keys: cannot refresh (%s); keeping the %d known", exc.message, len(self._by_hash))
-                failing = True
-                continue
-            except Exception:  # one bad read must not end the refreshing
-                log.exception("virtual keys: refresh failed")
-                continue
-            if failing:
-                log.info("virtual keys: refreshed again (%d keys)", len(self._by_hash))
-            failing = False
+        async def step() -> None:
+            await self.refresh()
             self.loaded.set()
+
+        await every(
+            self._poll_s, step, log, "virtual keys: refresh",
+            down=lambda exc: f"virtual keys: cannot refresh ({exc.message}); keeping the {len(self._by_hash)} known",
+            back=lambda: f"virtual keys: refreshed again ({len(self._by_hash)} keys)",
+        )
 
 
 class KeyChain:

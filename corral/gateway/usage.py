@@ -15,6 +15,7 @@ import logging
 from corral.core.errors import CorralError
 from corral.core.usage import EXCHANGE_S, UsageExchange
 from corral.gateway.limits import Limiter
+from corral.gateway.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +50,9 @@ class UsageSync:
             log.warning("key usage: the last report was not published (%s)", getattr(exc, "message", type(exc).__name__))
 
     async def _follow(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self._every_s)
-            try:
-                await self.sync_once()
-            except CorralError as exc:
-                if not failing:
-                    log.warning("key usage: cannot exchange with the other gateways (%s); limits hold per gateway "
-                                "until it can", exc.message)
-                failing = True
-                continue
-            except Exception:  # one bad exchange must not end the sharing
-                log.exception("key usage: exchange failed")
-                continue
-            if failing:
-                log.info("key usage: exchanging again")
-            failing = False
+        await every(
+            self._every_s, self.sync_once, log, "key usage: exchange",
+            down=lambda exc: f"key usage: cannot exchange with the other gateways ({exc.message}); limits hold per "
+            "gateway until it can",
+            back=lambda: "key usage: exchanging again",
+        )
